@@ -1,0 +1,1 @@
+"""verl recipes shipped by this project (``recipe.sgsd``)."""

@@ -1,0 +1,118 @@
+"""The data shipped inside the package, and a loader for problem files.
+
+``shipped_path("benchmarks", "aime24.jsonl")`` locates package data without relying on
+the current directory; :func:`load_problems` reads any JSONL (or parquet) of
+``problem``/``answer`` rows with errors that name the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BENCHMARKS",
+    "DATA_DIR",
+    "Problem",
+    "ProblemFileError",
+    "load_problems",
+    "shipped_path",
+]
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+BENCHMARKS = ("aime24", "aime25", "hmmt25", "amc2023", "math500")
+SKILL_BANKS = ("qwen3_1.7b", "qwen3_4b")
+
+
+class ProblemFileError(ValueError):
+    """A problem file is missing or malformed; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    problem: str
+    answer: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def shipped_path(*parts: str) -> Path:
+    """Path of a shipped data file, e.g. ``shipped_path("skill_banks", "qwen3_1.7b.json")``."""
+    path = DATA_DIR.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"no shipped data file {'/'.join(parts)!r} under {DATA_DIR}")
+    return path
+
+
+def benchmark_path(name: str) -> Path:
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; shipped: {', '.join(BENCHMARKS)}")
+    return shipped_path("benchmarks", f"{name}.jsonl")
+
+
+def bank_path(name: str) -> Path:
+    if name not in SKILL_BANKS:
+        raise ValueError(f"unknown shipped skill bank {name!r}; shipped: {', '.join(SKILL_BANKS)}")
+    return shipped_path("skill_banks", f"{name}.json")
+
+
+def load_problems(path: str | os.PathLike[str], *, require_answer: bool = False) -> list[Problem]:
+    """Read ``problem`` (+ optional ``answer``) rows from a ``.jsonl``/``.json`` or ``.parquet`` file.
+
+    A ``question`` field is accepted in place of ``problem``. Answers that are numbers
+    are converted to strings. Empty files are an error: a run over nothing is a mistake.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ProblemFileError(f"{p}: problem file not found")
+    rows = _read_rows(p)
+    problems = []
+    for lineno, row in rows:
+        where = f"{p}: line {lineno}"
+        if not isinstance(row, dict):
+            raise ProblemFileError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        text = row.get("problem", row.get("question"))
+        if not isinstance(text, str) or not text.strip():
+            raise ProblemFileError(f"{where}: field 'problem' must be a non-empty string, got {text!r:.60}")
+        answer = row.get("answer")
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)
+        if answer is not None and not isinstance(answer, str):
+            raise ProblemFileError(f"{where}: field 'answer' must be a string, got {type(answer).__name__}")
+        if require_answer and not (answer and answer.strip()):
+            raise ProblemFileError(f"{where}: field 'answer' is missing or empty")
+        extra = {k: v for k, v in row.items() if k not in ("problem", "question", "answer")}
+        problems.append(Problem(text, answer, extra))
+    if not problems:
+        raise ProblemFileError(f"{p}: contains no problems")
+    return problems
+
+
+def _read_rows(p: Path) -> list[tuple[int, Any]]:
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(enumerate(pq.read_table(p).to_pylist(), start=1))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProblemFileError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if p.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProblemFileError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        if not isinstance(data, list):
+            raise ProblemFileError(f"{p}: a .json problem file must hold a list of objects")
+        return list(enumerate(data, start=1))
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise ProblemFileError(f"{p}: line {lineno}: invalid JSON: {exc.msg}") from None
+    return rows

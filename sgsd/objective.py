@@ -1,0 +1,283 @@
+"""The SGSD objective: robust support, outcome-validated polarity, gated distillation.
+
+Pure functions of tensors (paper Sec. 2.3-2.5 and 3; equation numbers below are the
+paper's). Notation, per problem ``x`` with one student rollout ``y`` of ``T`` tokens and
+``K`` skill-conditioned teachers:
+
+* ``Delta[k, t] = log pT_k(y_t) - log pS(y_t)``                    (eq. 7)
+* robust support ``a_k = sum_t m_t clip(Delta, -c, c) / (sum_t m_t + eps)``  (eqs. 11-12)
+* polarity ``rho_k = s * sign(a_k)`` if ``|a_k| > eps_a`` else 0             (eq. 13)
+* gated loss ``l(D) = log 2 - log(1 + exp(-D^2 / (2 tau)))``                  (eq. 14)
+* ``lbar_k = sum_t m_t l(Delta[k, t]) / (sum_t m_t + eps)``                   (eq. 15)
+* ``L(x) = sum_k alpha_k rho_k lbar_k``                                        (eq. 16)
+
+Teachers are stop-gradient: the gradient reaches the policy only through the student
+log-probs, ``-dL/dlogpS_t = sum_k alpha_k rho_k m_t / Z * g(Delta[k, t])`` (eq. 19), with
+``g`` the bounded derivative of eq. 17. Polarity is decided on *detached* student
+log-probs; the loss uses the live ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+__all__ = [
+    "LossType",
+    "ObjectiveConfig",
+    "SGSDOutput",
+    "gated_loss",
+    "gated_loss_grad",
+    "robust_support",
+    "sampled_rkl_loss",
+    "sgsd_objective",
+    "teacher_polarity",
+]
+
+LOG2 = math.log(2.0)
+LossType = Literal["gated", "sampled_rkl"]
+
+
+def gated_loss(delta: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Bounded gated token loss, eq. 14: ``log 2 - log(1 + exp(-delta^2 / (2 tau)))``.
+
+    Elementwise, any shape. Zero at 0, symmetric, increasing in ``|delta|`` and
+    saturating at ``log 2``. Written with ``softplus`` so it is finite for any gap.
+    """
+    _check_tau(tau)
+    return LOG2 - torch.nn.functional.softplus(-(delta * delta) / (2.0 * tau))
+
+
+def gated_loss_grad(delta: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Closed-form derivative of :func:`gated_loss`, eq. 17.
+
+    ``g(delta) = delta / (tau (1 + exp(delta^2 / (2 tau))))``, computed as
+    ``delta / tau * sigmoid(-delta^2 / (2 tau))`` (no overflow). Bounded by
+    ``1 / sqrt(e tau)`` (Prop. 3.1, eq. 38).
+    """
+    _check_tau(tau)
+    return delta / tau * torch.sigmoid(-(delta * delta) / (2.0 * tau))
+
+
+def sampled_rkl_loss(delta: torch.Tensor) -> torch.Tensor:
+    """Unbounded ablation of the gate: ``delta^2 / 2``, whose derivative is ``delta``.
+
+    Plugged into eq. 19 this gives the sampled-token reverse-KL policy-gradient
+    coefficient (``-d KL(pS||pT) ~ Delta * d log pS``), i.e. the update the gate is
+    designed to bound (paper Sec. 2.5, Fig. 3c "divergence variants").
+    """
+    return 0.5 * delta * delta
+
+
+def robust_support(
+    delta: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None = 3.0,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Robust teacher support score ``a_k``, eqs. 11-12.
+
+    Args:
+        delta: gaps ``[..., T]`` (e.g. ``[B, K, T]``); positions where ``mask`` is 0 are
+            ignored even if they hold inf/NaN (padding).
+        mask: ``m_t``, broadcastable to ``delta`` (e.g. ``[B, 1, T]``), 0/1 or bool.
+        clip: ``c_Delta``; ``None`` disables clipping (ablation).
+        eps: keeps an all-masked row finite (its support is 0).
+
+    Returns:
+        ``[...]``: the masked mean of the clipped gap.
+    """
+    m = mask.to(delta.dtype)
+    d = torch.where(m > 0, delta, torch.zeros_like(delta))
+    if clip is not None:
+        if clip <= 0:
+            raise ValueError(f"clip must be > 0 or None, got {clip}")
+        d = d.clamp(-clip, clip)
+    return (d * m).sum(-1) / (m.sum(-1) + eps)
+
+
+def teacher_polarity(
+    support: torch.Tensor, outcome_sign: torch.Tensor, threshold: float = 0.05
+) -> torch.Tensor:
+    """Outcome-validated polarity ``rho_k``, eq. 13 and Tab. 2.
+
+    Args:
+        support: ``a_k``, ``[B, K]``.
+        outcome_sign: ``s``, ``[B]``, +1 for a verified success and -1 for a failure.
+        threshold: ``eps_a >= 0``; ``|a_k| <= eps_a`` is the neutral zone (rho = 0).
+
+    Returns:
+        ``[B, K]`` in {-1, 0, +1} (support's dtype): +1 distills the teacher (helpful:
+        success & support, or warning: failure & suppression), -1 reverses it
+        (over-suppressive: success & suppression, or misleading: failure & support).
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    s = torch.sign(outcome_sign.to(support.dtype)).unsqueeze(-1)
+    rho = s * torch.sign(support)
+    return torch.where(support.abs() > threshold, rho, torch.zeros_like(rho))
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """SGSD objective settings (paper Tab. 12 defaults) and the ablation switches."""
+
+    tau: float = 1.0  # gate width tau_g (> 0)
+    clip: float = 3.0  # support clip c_Delta (> 0)
+    threshold: float = 0.05  # polarity neutral zone eps_a (>= 0)
+    eps: float = 1e-6  # denominator guard
+    use_token_mask: bool = True  # False: aggregate over every response token
+    use_clip: bool = True  # False: support on raw gaps
+    use_threshold: bool = True  # False: eps_a = 0
+    use_polarity: bool = True  # False: rho = +1 for every present teacher (collapses, Fig. 4)
+    loss_type: LossType = "gated"  # or "sampled_rkl" (unbounded delta^2/2)
+
+    def __post_init__(self) -> None:
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+        if not self.clip > 0:
+            raise ValueError(f"clip must be > 0, got {self.clip}")
+        if not self.threshold >= 0:
+            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.loss_type not in ("gated", "sampled_rkl"):
+            raise ValueError(f"loss_type must be 'gated' or 'sampled_rkl', got {self.loss_type!r}")
+
+
+@dataclass
+class SGSDOutput:
+    """What :func:`sgsd_objective` returns.
+
+    ``loss``: ``[B]`` per-problem loss ``L(x)`` (eq. 16), differentiable w.r.t. the
+    student log-probs. ``support``/``polarity``/``token_loss_mean``: ``[B, K]``, detached.
+    ``metrics``: plain floats (fractions are over present teachers).
+    """
+
+    loss: torch.Tensor
+    support: torch.Tensor
+    polarity: torch.Tensor
+    token_loss_mean: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def sgsd_objective(
+    student_logp: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    mask: torch.Tensor,
+    alpha: torch.Tensor,
+    outcome_sign: torch.Tensor,
+    config: ObjectiveConfig = ObjectiveConfig(),
+    *,
+    response_mask: torch.Tensor | None = None,
+) -> SGSDOutput:
+    """Per-problem SGSD loss, eqs. 7 and 11-16.
+
+    Args:
+        student_logp: ``[B, T]`` log pS of the sampled tokens (with gradient).
+        teacher_logp: ``[B, K, T]`` log pT_k of the same tokens (treated as constants).
+        mask: ``[B, T]`` token mask ``m_t`` (response tokens minus special/template/think/
+            formatting tokens; 0 on padding).
+        alpha: ``[B, K]`` teacher weights (eq. 6); 0 marks an absent teacher
+            (``K_x < K``), which then contributes nothing and is not counted.
+        outcome_sign: ``[B]`` +1 success / -1 failure.
+        config: see :class:`ObjectiveConfig`.
+        response_mask: ``[B, T]`` valid response tokens; required when
+            ``config.use_token_mask`` is False (then it replaces ``mask``), and used for
+            the ``mask_keep_frac`` metric.
+    """
+    B, T = student_logp.shape
+    if teacher_logp.dim() != 3 or teacher_logp.shape[0] != B or teacher_logp.shape[2] != T:
+        raise ValueError(f"teacher_logp must be [B={B}, K, T={T}], got {tuple(teacher_logp.shape)}")
+    K = teacher_logp.shape[1]
+    if alpha.shape != (B, K):
+        raise ValueError(f"alpha must be [B={B}, K={K}], got {tuple(alpha.shape)}")
+    if mask.shape != (B, T) or outcome_sign.shape != (B,):
+        raise ValueError(
+            f"mask must be [B, T]=[{B}, {T}] and outcome_sign [B]=[{B}]; "
+            f"got {tuple(mask.shape)} and {tuple(outcome_sign.shape)}"
+        )
+    if not config.use_token_mask:
+        if response_mask is None:
+            raise ValueError("use_token_mask=False needs response_mask (padding must stay excluded)")
+        mask = response_mask
+    dtype = student_logp.dtype
+    m = mask.to(dtype).unsqueeze(1)  # [B, 1, T]
+    present = alpha > 0  # [B, K]
+    # An absent teacher's slot may hold anything (zeros, NaN): stand the student in for it,
+    # so its gap is exactly 0 and it can neither count nor poison a sum (0 * NaN = NaN).
+    teacher = torch.where(present.unsqueeze(-1), teacher_logp.detach().to(dtype),
+                          student_logp.detach().unsqueeze(1))
+
+    # Polarity from the detached gap (eqs. 11-13): a decision, not a differentiable path.
+    with torch.no_grad():
+        delta_detached = teacher - student_logp.detach().unsqueeze(1)
+        support = robust_support(delta_detached, m, config.clip if config.use_clip else None, config.eps)
+        threshold = config.threshold if config.use_threshold else 0.0
+        validated = teacher_polarity(support, outcome_sign, threshold) * present
+        rho = present.to(dtype) if not config.use_polarity else validated
+
+    # Gated loss on the UNclipped live gap (eqs. 14-16); masked positions are zeroed
+    # before the loss so inf/NaN in padding cannot leak in (0 * inf = NaN).
+    delta = teacher - student_logp.unsqueeze(1)  # [B, K, T]
+    delta = torch.where(m > 0, delta, torch.zeros_like(delta))
+    token_loss = gated_loss(delta, config.tau) if config.loss_type == "gated" else sampled_rkl_loss(delta)
+    lbar = (token_loss * m).sum(-1) / (m.sum(-1) + config.eps)  # [B, K]
+    loss = (alpha.to(dtype) * rho * lbar).sum(-1)  # [B]
+
+    metrics = _metrics(delta_detached, m, support, validated, present, outcome_sign, lbar, config,
+                       response_mask)
+    return SGSDOutput(loss=loss, support=support, polarity=rho, token_loss_mean=lbar.detach(),
+                      metrics=metrics)
+
+
+def _metrics(
+    delta: torch.Tensor,
+    m: torch.Tensor,
+    support: torch.Tensor,
+    validated: torch.Tensor,
+    present: torch.Tensor,
+    outcome_sign: torch.Tensor,
+    lbar: torch.Tensor,
+    config: ObjectiveConfig,
+    response_mask: torch.Tensor | None,
+) -> dict[str, float]:
+    """Diagnostics of one batch (detached floats). Teacher fractions are over present teachers."""
+    with torch.no_grad():
+        n_teachers = present.sum().item()
+        denom = max(n_teachers, 1)
+        success = (outcome_sign > 0).unsqueeze(-1)
+        failure = ~success
+
+        def frac(cond: torch.Tensor) -> float:
+            return (cond & present).sum().item() / denom
+
+        live_tokens = (m > 0) & present.unsqueeze(-1)
+        clipped = (delta.abs() > config.clip) & live_tokens
+        out = {
+            "helpful_frac": frac(success & (validated > 0)),
+            "warning_frac": frac(failure & (validated > 0)),
+            "over_suppressive_frac": frac(success & (validated < 0)),
+            "misleading_frac": frac(failure & (validated < 0)),
+            "neutral_frac": frac(validated == 0),
+            "below_threshold_frac": frac(support.abs() <= config.threshold),
+            "support_mean": (support * present).sum().item() / denom,
+            "support_abs_mean": (support.abs() * present).sum().item() / denom,
+            "clipped_frac": clipped.sum().item() / max(live_tokens.sum().item(), 1),
+            "gate_loss": (lbar.detach() * present).sum().item() / denom,
+            "teachers_per_problem": n_teachers / max(present.shape[0], 1),
+            "short_pool_frac": (present.sum(-1) < present.shape[1]).to(torch.float32).mean().item()
+            if present.numel() else 0.0,
+        }
+        if response_mask is not None:
+            kept = m.squeeze(1).sum().item()
+            out["mask_keep_frac"] = kept / max(response_mask.to(m.dtype).sum().item(), 1.0)
+        return out
+
+
+def _check_tau(tau: float) -> None:
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
