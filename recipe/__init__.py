@@ -1,1 +1,0 @@
-"""verl recipes shipped by this project (``recipe.sgsd``)."""

@@ -1,0 +1,135 @@
+"""``sgsd`` command line: inspect banks, retrieve teachers, grade answers.
+
+    sgsd bank inspect PATH [--json]
+    sgsd retrieve --bank PATH --problems FILE.jsonl [--top-k 8] [--encoder NAME_OR_PATH] [--json]
+    sgsd grade --answer GOLD --response TEXT [--json]
+
+``--bank`` and ``--problems`` also take the names of the shipped files
+(``qwen3_1.7b``, ``qwen3_4b``; ``aime24``, ``aime25``, ``hmmt25``, ``amc2023``, ``math500``).
+Bad input exits with status 2 and one line on stderr that names the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sgsd import datasets
+from sgsd.bank import BankError, SkillBank
+
+EXIT_BAD_INPUT = 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _resolve(value: str, shipped: Sequence[str], locate) -> Path:
+    path = Path(value)
+    if not path.exists() and value in shipped:
+        return locate(value)
+    return path
+
+
+def cmd_bank_inspect(args: argparse.Namespace) -> int:
+    bank = SkillBank.load(_resolve(args.path, datasets.SKILL_BANKS, datasets.bank_path))
+    counts = bank.counts()
+    if args.json:
+        print(json.dumps({"path": bank.source, "valid": True, **counts}))
+        return 0
+    print(f"{bank.source}: valid skill bank")
+    for collection, c in counts.items():
+        print(f"  {collection:16s} {c['total']:5d}  (static {c['static']}, dynamic {c['dynamic']})")
+    source = bank.metadata.get("source")
+    if source:
+        print(f"  source: {source}")
+    return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
+
+    if args.top_k < 1:
+        raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
+    if not args.temperature > 0:
+        raise CLIError(f"--temperature must be > 0, got {args.temperature}")
+    bank = SkillBank.load(_resolve(args.bank, datasets.SKILL_BANKS, datasets.bank_path), require_nonempty=True)
+    problems = datasets.load_problems(_resolve(args.problems, datasets.BENCHMARKS, datasets.benchmark_path))
+    try:
+        encoder = SentenceTransformerEncoder(args.encoder, device=args.device)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot load encoder {args.encoder!r}: {exc}") from exc
+    retriever = SkillRetriever(encoder, bank, top_k=args.top_k, temperature=args.temperature)
+    results = retriever.retrieve([p.problem for p in problems])
+    for index, (problem, result) in enumerate(zip(problems, results)):
+        if args.json:
+            print(json.dumps({"index": index, "teachers": [t.to_dict() for t in result.teachers]}))
+            continue
+        head = " ".join(problem.problem.split())
+        print(f"[{index}] {head[:100]}{'...' if len(head) > 100 else ''}")
+        for t in result.teachers:
+            print(f"    k={t.rank + 1}  alpha={t.alpha:.3f}  {t.skill.skill_id} ({t.skill_score:.3f}) "
+                  f"{t.skill.title[:40]!r}  +  {t.mistake.mistake_id} ({t.mistake_score:.3f})")
+    return 0
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from sgsd.verifier import grade
+
+    result = grade(args.response, args.answer)
+    if args.json:
+        print(json.dumps({"correct": result.correct, "extracted": result.extracted}))
+    else:
+        verdict = "correct" if result.correct else "wrong"
+        print(f"{verdict} (extracted: {result.extracted!r}, by {result.method})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sgsd", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bank = sub.add_parser("bank", help="skill bank tools")
+    bank_sub = bank.add_subparsers(dest="bank_command", required=True)
+    inspect = bank_sub.add_parser("inspect", help="validate a bank and count its items")
+    inspect.add_argument("path", help="bank JSON file (or a shipped bank name)")
+    inspect.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    inspect.set_defaults(func=cmd_bank_inspect)
+
+    retrieve = sub.add_parser("retrieve", help="retrieve the teacher pairs of each problem")
+    retrieve.add_argument("--bank", required=True, help="bank JSON file (or a shipped bank name)")
+    retrieve.add_argument("--problems", required=True, help="JSONL of {problem, ...} (or a shipped benchmark)")
+    retrieve.add_argument("--top-k", type=int, default=8, help="teachers per problem, K (default 8)")
+    retrieve.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of alpha")
+    retrieve.add_argument("--encoder", default=None,
+                          help="sentence-transformers name or path (default: packaged all-MiniLM-L6-v2)")
+    retrieve.add_argument("--device", default="cpu", help="encoder device (default cpu)")
+    retrieve.add_argument("--json", action="store_true", help="one JSON object per problem per line")
+    retrieve.set_defaults(func=cmd_retrieve)
+
+    grade = sub.add_parser("grade", help="grade a response against a reference answer")
+    grade.add_argument("--answer", required=True, help="reference answer (LaTeX)")
+    grade.add_argument("--response", required=True, help="model response containing \\boxed{...}")
+    grade.add_argument("--json", action="store_true", help='print {"correct": bool, "extracted": str}')
+    grade.set_defaults(func=cmd_grade)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except (BankError, datasets.ProblemFileError, CLIError) as exc:
+        print(f"sgsd: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `sgsd retrieve ... | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
