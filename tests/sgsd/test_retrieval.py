@@ -99,14 +99,16 @@ def test_teacher_count_is_min_of_k_skills_and_mistakes(encoder):
 
 
 def test_alpha_temperature(encoder, shipped_bank):
-    sharp = SkillRetriever(encoder, shipped_bank, top_k=4, temperature=0.01).retrieve(["Solve x^2 - 5x + 6 = 0."])[0]
-    flat = SkillRetriever(encoder, shipped_bank, top_k=4, temperature=1.0).retrieve(["Solve x^2 - 5x + 6 = 0."])[0]
+    retriever = SkillRetriever(encoder, shipped_bank, top_k=4, temperature=1.0)
+    flat = retriever.retrieve(["Solve x^2 - 5x + 6 = 0."])[0]
+    retriever.temperature = 0.01
+    sharp = retriever.retrieve(["Solve x^2 - 5x + 6 = 0."])[0]
     s = np.array([(t.skill_score + t.mistake_score) / 2 for t in sharp.teachers]) / 0.01
     expected = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
     assert [t.alpha for t in sharp.teachers] == pytest.approx(expected.tolist(), rel=1e-5)
     assert sharp.teachers[0].alpha > flat.teachers[0].alpha
     with pytest.raises(ValueError, match="temperature"):
-        SkillRetriever(encoder, shipped_bank, temperature=0.0)
+        SkillRetriever(encoder, temperature=0.0)
 
 
 def test_caches_encode_only_new_bank_items_and_new_problems(encoder, shipped_bank):
@@ -136,8 +138,9 @@ def test_caches_encode_only_new_bank_items_and_new_problems(encoder, shipped_ban
     assert counting.query_calls[-1] == 2
 
 
-def test_query_lru_is_bounded(encoder, shipped_bank):
-    retriever = SkillRetriever(encoder, shipped_bank, query_cache_size=2)
+def test_query_lru_is_bounded(encoder):
+    bank = SkillBank(general_skills=(_skill(1, "a skill"),), common_mistakes=(_mistake(1, "a mistake"),))
+    retriever = SkillRetriever(encoder, bank, query_cache_size=2)
     retriever.retrieve(["a", "b", "c"])
     assert len(retriever._query_cache) == 2
     retriever.retrieve(["a"])

@@ -1,0 +1,57 @@
+"""Problem files in the shapes users have: JSONL, JSON list, parquet; bad rows named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sgsd.datasets import BENCHMARKS, ProblemFileError, benchmark_path, load_problems, shipped_path
+
+
+@pytest.mark.parametrize("name, rows", [("aime24", 30), ("aime25", 30), ("hmmt25", 30), ("amc2023", 40),
+                                        ("math500", 500)])
+def test_shipped_benchmarks(name, rows):
+    problems = load_problems(benchmark_path(name), require_answer=True)
+    assert len(problems) == rows and all(p.problem and p.answer for p in problems)
+    assert name in BENCHMARKS
+
+
+def test_shipped_training_sets_keep_solutions():
+    math = load_problems(shipped_path("train", "math_train.jsonl"))
+    assert len(math) == 4500 and "\\boxed" in math[0].extra["solution"]
+    assert len(load_problems(shipped_path("train", "gsm8k.jsonl"))) == 1319
+
+
+def test_json_list_parquet_question_field_and_numeric_answers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.json").write_text(json.dumps([{"question": "Q1", "answer": 12}, {"problem": "Q2", "answer": 0.5}]))
+    got = load_problems(tmp_path / "a.json")
+    assert [(p.problem, p.answer) for p in got] == [("Q1", "12"), ("Q2", "0.5")]
+    pq.write_table(pa.Table.from_pylist([{"problem": "P", "answer": "\\frac{1}{2}", "level": 3}]), tmp_path / "b.parquet")
+    [row] = load_problems(tmp_path / "b.parquet")
+    assert (row.problem, row.answer, row.extra) == ("P", "\\frac{1}{2}", {"level": 3})
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "contains no problems"),
+    ('{"problem": "ok"}\nnot json\n', "line 2: invalid JSON"),
+    ('{"problem": "ok"}\n[1, 2]\n', "line 2: expected a JSON object"),
+    ('{"problem": "   "}\n', "line 1: field 'problem' must be a non-empty string"),
+    ('{"problem": "ok", "answer": [1]}\n', "line 1: field 'answer' must be a string, got list"),
+])
+def test_bad_problem_files_name_the_line(tmp_path, content, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(content)
+    with pytest.raises(ProblemFileError, match=message.replace("[", r"\[")):
+        load_problems(path)
+
+
+def test_answer_required_where_grading_needs_it(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"problem": "no answer here"}\n')
+    assert load_problems(path)[0].answer is None
+    with pytest.raises(ProblemFileError, match="line 1: field 'answer' is missing or empty"):
+        load_problems(path, require_answer=True)
