@@ -51,7 +51,11 @@ def cmd_bank_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar is noise in a CLI's output
 
     if args.top_k < 1:
         raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
