@@ -1,0 +1,120 @@
+"""The SGSD loss inside verl's FSDP actor worker.
+
+verl 0.9.1 calls the loss installed with ``ActorRolloutRefWorker.set_loss_fn`` as
+``fn(model_output=..., data=<micro-batch TensorDict>, dp_group=...)`` for every
+micro-batch of an actor update; unlike a registered policy-loss function it sees every
+key of the batch, including the ones the teacher pass added:
+
+* ``sgsd_teacher_log_probs``  nested ``[B, (T_i), K]`` — teacher log-probs of the response tokens
+* ``sgsd_token_mask``         nested ``[B, (T_i)]``    — ``m_t`` (0/1)
+* ``sgsd_alpha``              ``[B, K]``              — teacher weights, 0 = absent teacher
+* ``sgsd_outcome_sign``       ``[B]``                 — +1 verified success, -1 failure
+
+The student log-probs are the live ones from this forward pass (with gradient); the
+library's :func:`sgsd.objective.sgsd_objective` decides polarity on their detached copy.
+
+Scale: the per-problem losses of a micro-batch are summed and divided by the number of
+rollouts in the *global* mini-batch, times the data-parallel size (FSDP averages gradients
+over ranks), so the accumulated gradient is the mean over the mini-batch however it is
+split into micro-batches and ranks — the same contract as verl's ``agg_loss``.
+
+Hybrid mode (``rollout.n > 1``): verl's own PPO/GRPO loss plus ``distill_coef`` times the
+SGSD loss; with the coefficient at 0 (or no teacher fields in the batch) it is exactly
+verl's loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sgsd.objective import ObjectiveConfig, sgsd_objective
+
+SGSD_FIELDS = ("sgsd_teacher_log_probs", "sgsd_token_mask", "sgsd_alpha", "sgsd_outcome_sign")
+
+
+@dataclass
+class SGSDActorLoss:
+    """Picklable loss callable shipped to every actor worker (``set_loss_fn``).
+
+    Args:
+        actor_config: verl's ``ActorConfig`` (used only by the hybrid PPO/GRPO part).
+        objective: SGSD objective settings and ablation switches.
+        distill_coef: weight of the SGSD term.
+        hybrid: add verl's ``ppo_loss`` (GRPO policy gradient) to the SGSD term.
+    """
+
+    actor_config: Any
+    objective: ObjectiveConfig
+    distill_coef: float = 1.0
+    hybrid: bool = False
+
+    def __call__(self, model_output: dict, data: Any, dp_group: Any = None):
+        from verl.utils.metric import AggregationType, Metric
+        from verl.workers.utils.losses import ppo_loss
+
+        metrics: dict[str, Any] = {}
+        total = None
+        if self.hybrid:
+            total, metrics = ppo_loss(self.actor_config, model_output, data, dp_group)
+        if self.distill_coef == 0 or not all(k in data.keys() for k in SGSD_FIELDS):
+            if total is None:
+                raise RuntimeError(
+                    "SGSD loss called without teacher fields in the batch and without the hybrid "
+                    f"policy-gradient term; expected keys {SGSD_FIELDS}"
+                )
+            return total, metrics
+
+        loss, sgsd_metrics = self.sgsd_term(model_output, data)
+        total = self.distill_coef * loss if total is None else total + self.distill_coef * loss
+        metrics["sgsd/loss"] = Metric(value=loss.detach(), aggregation=AggregationType.SUM)
+        for name, value in sgsd_metrics.items():
+            metrics[f"sgsd/{name}"] = Metric(value=value, aggregation=AggregationType.MEAN)
+        return total, metrics
+
+    def sgsd_term(self, model_output: dict, data: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """The globally-normalised SGSD loss of this micro-batch and its diagnostics."""
+        from verl.workers.utils.padding import no_padding_2_padding
+
+        student = no_padding_2_padding(model_output["log_probs"], data)  # [B, T] live
+        padded = data.select("response_mask", "sgsd_teacher_log_probs", "sgsd_token_mask").to_padded_tensor()
+        width = student.shape[1]
+        response_mask = _fit(padded["response_mask"], width).to(student.dtype)
+        token_mask = _fit(padded["sgsd_token_mask"], width).to(student.dtype) * response_mask
+        teacher = _fit(padded["sgsd_teacher_log_probs"], width).transpose(1, 2)  # [B, K, T]
+        alpha = data["sgsd_alpha"].to(student.dtype)
+        sign = data["sgsd_outcome_sign"].to(student.dtype)
+        out = sgsd_objective(student, teacher.to(student.dtype), token_mask, alpha, sign, self.objective,
+                             response_mask=response_mask)
+        return global_mean(out.loss, data), out.metrics
+
+
+def global_mean(per_problem: torch.Tensor, data: Any) -> torch.Tensor:
+    """``sum_b L_b / global_batch_size * dp_size``; the local mean when verl gives no global size."""
+    global_batch_size = _non_tensor(data, "global_batch_size")
+    dp_size = _non_tensor(data, "dp_size") or 1
+    if global_batch_size is None:
+        if dp_size > 1:
+            raise ValueError("global_batch_size is required to scale the SGSD loss when dp_size > 1")
+        return per_problem.mean()
+    return per_problem.sum() / global_batch_size * dp_size
+
+
+def _non_tensor(data: Any, key: str):
+    try:
+        value = data[key]
+    except KeyError:
+        return None
+    return getattr(value, "data", value)
+
+
+def _fit(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad/cut dim 1 to ``width``: a micro-batch's nested max length equals the model's."""
+    if t.shape[1] == width:
+        return t
+    if t.shape[1] > width:
+        return t[:, :width]
+    pad = [0, 0] * (t.dim() - 2) + [0, width - t.shape[1]]
+    return torch.nn.functional.pad(t, pad)

@@ -1,0 +1,174 @@
+"""Typed, validated SGSD settings: the ``sgsd:`` section of the recipe config.
+
+Built from a plain mapping (``OmegaConf.to_container(cfg.sgsd)``) so the library stays
+free of Hydra/verl. Every error names the full key (``sgsd.ablation.loss_type``), the bad
+value and what is allowed; unknown keys are errors too (a typo must not silently
+fall back to a default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, get_args, get_origin, get_type_hints
+
+from sgsd.objective import ObjectiveConfig
+from sgsd.token_mask import TokenMaskConfig
+
+__all__ = ["ConfigError", "MaskSettings", "AblationSettings", "UpdateSettings", "SGSDConfig"]
+
+
+class ConfigError(ValueError):
+    """An invalid ``sgsd.*`` setting; the message names the key."""
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """Token classes removed from support and loss (``sgsd.mask.*``)."""
+
+    special: bool = True
+    chat_template: bool = True
+    think: bool = True
+    newline: bool = True
+
+    def to_token_mask_config(self) -> TokenMaskConfig:
+        return TokenMaskConfig(self.special, self.chat_template, self.think, self.newline)
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    """The paper's ablation switches (``sgsd.ablation.*``)."""
+
+    use_token_mask: bool = True
+    use_clip: bool = True
+    use_threshold: bool = True
+    use_polarity: bool = True
+    loss_type: str = "gated"
+
+    def __post_init__(self) -> None:
+        _choice("sgsd.ablation.loss_type", self.loss_type, ("gated", "sampled_rkl"))
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """Online bank evolution (``sgsd.update.*``, paper Alg. 4)."""
+
+    enable: bool = False
+    freq: int = 25
+    success_threshold: float = 0.8
+    max_new_items: int = 5
+    capacity: int = 30
+    writer: str = "policy"
+
+    def __post_init__(self) -> None:
+        _check("sgsd.update.freq", self.freq, self.freq >= 1, ">= 1")
+        _check("sgsd.update.success_threshold", self.success_threshold, 0.0 <= self.success_threshold <= 1.0,
+               "in [0, 1]")
+        _check("sgsd.update.max_new_items", self.max_new_items, self.max_new_items >= 0, ">= 0")
+        _check("sgsd.update.capacity", self.capacity, self.capacity >= 0, ">= 0")
+
+
+@dataclass(frozen=True)
+class SGSDConfig:
+    """Everything SGSD adds to a verl run. Defaults are the paper's (Tab. 11-12)."""
+
+    bank_path: str = "qwen3_1.7b"
+    bank_output_dir: str | None = None
+    encoder: str = "all-MiniLM-L6-v2"
+    encoder_device: str = "cpu"
+    top_k: int = 8
+    alpha_temperature: float = 1.0
+    tau: float = 1.0
+    clip: float = 3.0
+    threshold: float = 0.05
+    eps: float = 1e-6
+    outcome_threshold: float = 0.0
+    teacher: str = "live"
+    student_thinking: bool = False
+    teacher_thinking: bool = True
+    prefill_empty_think: bool = False
+    logprob_temperature: float = 1.0
+    max_teacher_prompt_length: int = 2048
+    reference_answer_in_teacher: bool = False
+    distill_coef: float = 1.0
+    record_buffer_size: int = 8192
+    mask: MaskSettings = field(default_factory=MaskSettings)
+    ablation: AblationSettings = field(default_factory=AblationSettings)
+    update: UpdateSettings = field(default_factory=UpdateSettings)
+
+    def __post_init__(self) -> None:
+        _check("sgsd.top_k", self.top_k, self.top_k >= 1, ">= 1")
+        _check("sgsd.alpha_temperature", self.alpha_temperature, self.alpha_temperature > 0, "> 0")
+        _check("sgsd.tau", self.tau, self.tau > 0, "> 0")
+        _check("sgsd.clip", self.clip, self.clip > 0, "> 0")
+        _check("sgsd.threshold", self.threshold, self.threshold >= 0, ">= 0")
+        _check("sgsd.eps", self.eps, self.eps > 0, "> 0")
+        _check("sgsd.logprob_temperature", self.logprob_temperature, self.logprob_temperature > 0, "> 0")
+        _check("sgsd.max_teacher_prompt_length", self.max_teacher_prompt_length,
+               self.max_teacher_prompt_length >= 16, ">= 16")
+        _check("sgsd.distill_coef", self.distill_coef, self.distill_coef >= 0, ">= 0")
+        _check("sgsd.record_buffer_size", self.record_buffer_size, self.record_buffer_size >= 1, ">= 1")
+        _choice("sgsd.teacher", self.teacher, ("live", "frozen"))
+        if not self.bank_path:
+            raise ConfigError("sgsd.bank_path is empty: give a skill bank JSON path or a shipped name (qwen3_1.7b)")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> SGSDConfig:
+        """Build from a plain mapping; unknown keys and wrong types name the key."""
+        return _build(cls, data or {}, "sgsd")
+
+    def objective_config(self) -> ObjectiveConfig:
+        a = self.ablation
+        return ObjectiveConfig(
+            tau=self.tau, clip=self.clip, threshold=self.threshold, eps=self.eps,
+            use_token_mask=a.use_token_mask, use_clip=a.use_clip, use_threshold=a.use_threshold,
+            use_polarity=a.use_polarity, loss_type=a.loss_type,  # type: ignore[arg-type]
+        )
+
+
+def _check(key: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is out of range: must be {allowed}")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}.{unknown[0]} (valid keys under {prefix}: {', '.join(known)})")
+    kwargs = {}
+    for name, value in data.items():
+        key, hint = f"{prefix}.{name}", hints[name]
+        if is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, key)
+        else:
+            kwargs[name] = _coerce(key, value, hint, known[name].default)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any, default: Any) -> Any:
+    allowed = get_args(hint) if get_origin(hint) is not None else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{key} must not be null" + ("" if default is MISSING else f" (default {default!r})"))
+    if bool in allowed:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if int in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if str in allowed and isinstance(value, str):
+        return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed if t is not type(None))
+    raise ConfigError(f"{key}={value!r} must be {names}, got {type(value).__name__}")

@@ -1,0 +1,80 @@
+"""Teacher-pass planning: one sequence per present teacher, shared prompts, exact scatter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recipe.sgsd.teacher_pass import outcome_signs, plan_teachers, problem_text, scatter_teacher_log_probs
+from sgsd.bank import SkillBank
+from sgsd.prompts import ChatFormat, apply_chat, student_prompt, teacher_prompt
+from sgsd.retrieval import SkillRetriever
+
+
+@pytest.fixture(scope="module")
+def small_bank(shipped_bank):
+    return shipped_bank.with_items(general_skills=shipped_bank.general_skills[:3],
+                                   common_mistakes=shipped_bank.common_mistakes[:2])
+
+
+def test_plan_one_sequence_per_present_teacher_with_rendered_prompts(encoder, small_bank, tiny_tokenizer):
+    problems = ["Find x if 2x + 3 = 7.", "Find x if 2x + 3 = 7.", "How many primes are below 20?"]
+    retrievals = SkillRetriever(encoder, small_bank, top_k=4).retrieve(problems)
+    fmt = ChatFormat(enable_thinking=True)
+    plan = plan_teachers(problems, retrievals, tiny_tokenizer, fmt, top_k=4, max_prompt_tokens=None)
+    # K_x = min(4, 3 skills, 2 mistakes) = 2 per rollout
+    assert len(plan) == 6 and plan.owner == [0, 0, 1, 1, 2, 2] and plan.slot == [0, 1] * 3
+    assert plan.alpha.shape == (3, 4) and torch.all(plan.alpha[:, 2:] == 0)
+    assert plan.alpha[:, :2].sum(-1).tolist() == pytest.approx([1.0, 1.0, 1.0])
+    first = retrievals[0].teachers[0]
+    expected = tiny_tokenizer.encode(apply_chat(tiny_tokenizer, teacher_prompt(problems[0], first.skill, first.mistake),
+                                                fmt), add_special_tokens=False)
+    assert plan.prompt_ids[0] == expected
+    assert plan.prompt_ids[0] == plan.prompt_ids[2]  # same problem, same teacher, same prompt
+    assert plan.truncated == 0
+
+
+def test_plan_truncates_and_counts(encoder, small_bank, tiny_tokenizer):
+    problems = ["Find x if 2x + 3 = 7."]
+    retrievals = SkillRetriever(encoder, small_bank, top_k=2).retrieve(problems)
+    fmt = ChatFormat(enable_thinking=False)
+    floor = len(tiny_tokenizer.encode(apply_chat(tiny_tokenizer, student_prompt(problems[0]), fmt)))
+    plan = plan_teachers(problems, retrievals, tiny_tokenizer, fmt, top_k=2, max_prompt_tokens=floor + 10)
+    assert plan.truncated == 2 and all(len(ids) <= floor + 10 for ids in plan.prompt_ids)
+
+
+def test_reference_answer_reaches_the_teacher_prompt(encoder, small_bank, tiny_tokenizer):
+    problems = ["Find x if 2x + 3 = 7."]
+    retrievals = SkillRetriever(encoder, small_bank, top_k=1).retrieve(problems)
+    plan = plan_teachers(problems, retrievals, tiny_tokenizer, ChatFormat(True), 1, None, reference_answers=["2"])
+    assert "The verified final answer is: 2" in tiny_tokenizer.decode(plan.prompt_ids[0])
+
+
+def test_scatter_places_each_teacher_and_fills_absent_slots_with_the_student():
+    from recipe.sgsd.teacher_pass import TeacherPlan
+
+    plan = TeacherPlan(owner=[0, 0, 1], slot=[0, 1, 0], prompt_ids=[[1], [2], [3]],
+                       alpha=torch.tensor([[0.6, 0.4, 0.0], [1.0, 0.0, 0.0]]))
+    student = [torch.tensor([-1.0, -2.0]), torch.tensor([-0.5, -0.5, -0.5])]
+    scored = [torch.tensor([-0.1, -0.2]), torch.tensor([-3.0, -4.0]), torch.tensor([-9.0, -8.0, -7.0])]
+    out = scatter_teacher_log_probs(plan, scored, student)
+    torch.testing.assert_close(out[0], torch.tensor([[-0.1, -3.0, -1.0], [-0.2, -4.0, -2.0]]))
+    assert out[1][:, 0].tolist() == [-9.0, -8.0, -7.0] and out[1][:, 1:].tolist() == [[-0.5, -0.5]] * 3
+    with pytest.raises(ValueError, match="must score exactly the student's response"):
+        scatter_teacher_log_probs(plan, [scored[0], scored[1], torch.zeros(2)], student)
+    with pytest.raises(ValueError, match="scored teacher sequences"):
+        scatter_teacher_log_probs(plan, scored[:2], student)
+
+
+def test_outcome_sign_threshold():
+    assert outcome_signs(torch.tensor([1.0, 0.0, -1.0, 0.5]), 0.0).tolist() == [1.0, -1.0, -1.0, 1.0]
+    assert outcome_signs(torch.tensor([0.5]), 0.5).tolist() == [-1.0]
+
+
+def test_problem_text_from_extra_info_or_the_chat_prompt():
+    assert problem_text({"problem": "P?"}, None) == "P?"
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": student_prompt("What is {x}?")}]
+    assert problem_text({}, messages) == "What is {x}?"
+    assert problem_text(None, [{"role": "user", "content": "raw question"}]) == "raw question"
+    with pytest.raises(ValueError, match="neither extra_info.problem nor a user message"):
+        problem_text({}, [])

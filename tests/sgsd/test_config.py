@@ -1,0 +1,51 @@
+"""The `sgsd:` settings: defaults are the paper's, every bad value names its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from sgsd.config import ConfigError, SGSDConfig
+
+
+def test_defaults_are_the_papers_tab_12():
+    cfg = SGSDConfig.from_mapping({})
+    assert (cfg.top_k, cfg.tau, cfg.clip, cfg.threshold, cfg.teacher) == (8, 1.0, 3.0, 0.05, "live")
+    assert (cfg.student_thinking, cfg.teacher_thinking) == (False, True)
+    assert (cfg.update.freq, cfg.update.success_threshold, cfg.update.max_new_items, cfg.update.capacity) == (
+        25, 0.8, 5, 30)
+    obj = cfg.objective_config()
+    assert (obj.tau, obj.clip, obj.threshold, obj.loss_type) == (1.0, 3.0, 0.05, "gated")
+
+
+def test_nested_values_and_int_to_float():
+    cfg = SGSDConfig.from_mapping({"tau": 2, "ablation": {"use_polarity": False, "loss_type": "sampled_rkl"},
+                                   "mask": {"newline": False}, "update": {"enable": True, "freq": 2}})
+    assert cfg.tau == 2.0 and isinstance(cfg.tau, float)
+    assert cfg.objective_config().use_polarity is False and cfg.objective_config().loss_type == "sampled_rkl"
+    assert cfg.mask.to_token_mask_config().newline is False
+    assert cfg.update.enable and cfg.update.freq == 2
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"top_k": 0}, r"sgsd\.top_k=0 is out of range: must be >= 1"),
+    ({"tau": -1.0}, r"sgsd\.tau=-1\.0 is out of range"),
+    ({"threshold": -0.1}, r"sgsd\.threshold"),
+    ({"teacher": "ema"}, r"sgsd\.teacher='ema' is not one of live, frozen"),
+    ({"ablation": {"loss_type": "kl"}}, r"sgsd\.ablation\.loss_type='kl' is not one of gated, sampled_rkl"),
+    ({"update": {"success_threshold": 1.5}}, r"sgsd\.update\.success_threshold=1\.5 is out of range"),
+    ({"topk": 8}, r"unknown key sgsd\.topk"),
+    ({"mask": {"newlines": False}}, r"unknown key sgsd\.mask\.newlines"),
+    ({"top_k": "8"}, r"sgsd\.top_k='8' must be int, got str"),
+    ({"student_thinking": "yes"}, r"sgsd\.student_thinking='yes' must be true or false"),
+    ({"clip": True}, r"sgsd\.clip=True must be float, got bool"),
+    ({"encoder": None}, r"sgsd\.encoder must not be null"),
+    ({"bank_path": ""}, r"sgsd\.bank_path is empty"),
+    ({"ablation": [1]}, r"sgsd\.ablation must be a mapping, got list"),
+])
+def test_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        SGSDConfig.from_mapping(data)
+
+
+def test_nullable_keys_accept_null():
+    assert SGSDConfig.from_mapping({"bank_output_dir": None}).bank_output_dir is None
