@@ -50,6 +50,7 @@ class SGSDActorLoss:
     objective: ObjectiveConfig
     distill_coef: float = 1.0
     hybrid: bool = False
+    debug_dump_dir: str | None = None  # tests: save each micro-batch's inputs and loss here
 
     def __call__(self, model_output: dict, data: Any, dp_group: Any = None):
         from verl.utils.metric import AggregationType, Metric
@@ -88,7 +89,19 @@ class SGSDActorLoss:
         sign = data["sgsd_outcome_sign"].to(student.dtype)
         out = sgsd_objective(student, teacher.to(student.dtype), token_mask, alpha, sign, self.objective,
                              response_mask=response_mask)
-        return global_mean(out.loss, data), out.metrics
+        loss = global_mean(out.loss, data)
+        if self.debug_dump_dir:
+            self._dump(student=student, teacher=teacher, token_mask=token_mask, alpha=alpha, sign=sign,
+                       response_mask=response_mask, per_problem=out.loss, loss=loss)
+        return loss, out.metrics
+
+    def _dump(self, **tensors: torch.Tensor) -> None:
+        import os
+        import uuid
+
+        os.makedirs(self.debug_dump_dir, exist_ok=True)
+        path = os.path.join(self.debug_dump_dir, f"loss_{os.getpid()}_{uuid.uuid4().hex[:8]}.pt")
+        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, path)
 
 
 def global_mean(per_problem: torch.Tensor, data: Any) -> torch.Tensor:

@@ -1,0 +1,104 @@
+"""Entry point: ``python3 -m recipe.sgsd.main_sgsd <hydra overrides>``.
+
+The config is ``recipe/sgsd/config/sgsd_trainer.yaml`` (verl's ``ppo_trainer`` plus
+``sgsd:``). With ``algorithm.adv_estimator=sgsd`` the run uses the SGSD trainer, the SGSD
+reward manager (verl's naive one + the record hook) and, unless one is given, the
+project's verifier as reward function; with ``algorithm.adv_estimator=grpo`` (or any
+other estimator) it is verl's own run, unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sgsd.config import SGSDConfig
+
+PLUGIN_MODULE = "recipe.sgsd.plugin"
+
+
+def ensure_plugin_env() -> None:
+    """Name the plugin in ``VERL_USE_EXTERNAL_MODULES`` so every verl process imports it
+    (an import error then fails loudly instead of being swallowed)."""
+    modules = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
+    if PLUGIN_MODULE not in modules:
+        os.environ["VERL_USE_EXTERNAL_MODULES"] = ",".join([*modules, PLUGIN_MODULE])
+
+
+def prepare_config(config: DictConfig) -> DictConfig:
+    """Validate ``sgsd.*`` and wire SGSD into the verl config (no-op for other estimators)."""
+    sgsd_config = SGSDConfig.from_mapping(OmegaConf.to_container(config.sgsd, resolve=True))
+    ensure_plugin_env()
+    with open_dict(config):
+        # Ray workers of a multi-node cluster do not inherit the driver's environment.
+        env_vars = config.ray_kwargs.ray_init.setdefault("runtime_env", {}).setdefault("env_vars", {})
+        env_vars["VERL_USE_EXTERNAL_MODULES"] = os.environ["VERL_USE_EXTERNAL_MODULES"]
+    if config.algorithm.adv_estimator != "sgsd":
+        return config
+    with open_dict(config):
+        mode = config.trainer.v1.get("trainer_mode", "sync")
+        if mode not in ("sync", "sgsd"):
+            raise ValueError(f"algorithm.adv_estimator=sgsd needs trainer.v1.trainer_mode=sync (got {mode!r}): "
+                             "the teacher pass scores rollouts with the current weights")
+        if not config.trainer.get("use_v1", True):
+            raise ValueError("algorithm.adv_estimator=sgsd needs trainer.use_v1=true (the 0.9 default trainer)")
+        config.trainer.v1.trainer_mode = "sgsd"
+        if config.reward.reward_manager.source == "register" and config.reward.reward_manager.name == "naive":
+            config.reward.reward_manager.name = "sgsd"  # naive scoring + the record hook
+        if not config.reward.custom_reward_function.get("path"):
+            config.reward.custom_reward_function.path = str(Path(__file__).resolve().parents[2] / "sgsd" /
+                                                            "verifier.py")
+            config.reward.custom_reward_function.name = "compute_score"
+        kwargs = config.data.get("apply_chat_template_kwargs") or {}
+        config.data.apply_chat_template_kwargs = {**kwargs, "enable_thinking": sgsd_config.student_thinking}
+        _check_token_budget(config, sgsd_config)
+        if sgsd_config.teacher == "frozen" and not _uses_lora(config):
+            # The frozen base needs a reference model; verl builds one only when a KL term
+            # asks for it. A zero-weight KL loss does, and leaves the objective unchanged.
+            if not config.actor_rollout_ref.actor.use_kl_loss and not config.algorithm.use_kl_in_reward:
+                config.actor_rollout_ref.actor.use_kl_loss = True
+                config.actor_rollout_ref.actor.kl_loss_coef = 0.0
+    return config
+
+
+def _uses_lora(config: DictConfig) -> bool:
+    model = config.actor_rollout_ref.model
+    rank = model.get("lora", {}).get("rank", 0) or model.get("lora_rank", 0)
+    return rank > 0 or model.get("lora_adapter_path") is not None
+
+
+def _check_token_budget(config: DictConfig, sgsd_config: SGSDConfig) -> None:
+    """With dynamic batch sizing, one micro-batch must hold a whole teacher sequence."""
+    rollout = config.actor_rollout_ref.rollout
+    if not rollout.get("log_prob_use_dynamic_bsz", False):
+        return
+    need = sgsd_config.max_teacher_prompt_length + config.data.max_response_length
+    have = rollout.get("log_prob_max_token_len_per_gpu")
+    if have is not None and have < need:
+        raise ValueError(
+            f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={have} cannot hold a teacher sequence "
+            f"(sgsd.max_teacher_prompt_length + data.max_response_length = {need}); raise it or lower "
+            "sgsd.max_teacher_prompt_length"
+        )
+
+
+@hydra.main(config_path="config", config_name="sgsd_trainer", version_base=None)
+def main(config: DictConfig) -> None:
+    import recipe.sgsd.plugin  # noqa: F401  (registrations in the driver too)
+    from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
+
+    config = prepare_config(config)
+    auto_set_device(config)
+    validate_config(config=config, use_reference_policy=need_reference_policy(config),
+                    use_critic=need_critic(config))
+    run_ppo(config, task_runner_class=TaskRunnerV1)
+
+
+if __name__ == "__main__":
+    main()

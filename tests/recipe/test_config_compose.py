@@ -1,0 +1,104 @@
+"""The recipe yaml composes with verl's ppo_trainer, validates, and switches with one key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from sgsd.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "recipe" / "sgsd" / "config"
+
+
+def compose_sgsd(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="sgsd_trainer", overrides=overrides)
+
+
+def test_composes_verl_ppo_trainer_with_the_sgsd_section():
+    cfg = compose_sgsd([])
+    assert cfg.algorithm.adv_estimator == "sgsd" and cfg.actor_rollout_ref.rollout.n == 1
+    assert cfg.sgsd.top_k == 8 and cfg.sgsd.ablation.loss_type == "gated"
+    assert "actor" in cfg.actor_rollout_ref and cfg.trainer.use_v1 is True  # verl's own defaults came in
+
+
+def test_every_sgsd_key_is_commented_in_the_yaml():
+    lines = (CONFIG_DIR / "sgsd_trainer.yaml").read_text().splitlines()
+    start = lines.index("sgsd:")
+    for i, line in enumerate(lines[start + 1:], start + 1):
+        if line.strip() and not line.strip().startswith("#") and ":" in line:
+            previous = lines[i - 1].strip()
+            assert previous.startswith("#"), f"sgsd key without a comment above it: {line.strip()}"
+
+
+def test_prepare_wires_sgsd_and_leaves_grpo_alone():
+    from recipe.sgsd.main_sgsd import prepare_config
+
+    sgsd = prepare_config(compose_sgsd(["sgsd.student_thinking=false"]))
+    assert sgsd.trainer.v1.trainer_mode == "sgsd"
+    assert sgsd.reward.reward_manager.name == "sgsd"
+    assert sgsd.reward.custom_reward_function.path.endswith("sgsd/verifier.py")
+    assert sgsd.data.apply_chat_template_kwargs.enable_thinking is False
+    grpo = prepare_config(compose_sgsd(["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=8"]))
+    assert grpo.trainer.v1.trainer_mode == "sync" and grpo.reward.reward_manager.name == "naive"
+    assert grpo.reward.custom_reward_function.path is None
+
+
+def test_frozen_teacher_without_lora_gets_a_reference_model_with_zero_kl():
+    from recipe.sgsd.main_sgsd import prepare_config
+
+    cfg = prepare_config(compose_sgsd(["sgsd.teacher=frozen"]))
+    assert cfg.actor_rollout_ref.actor.use_kl_loss is True and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.0
+    lora = prepare_config(compose_sgsd(["sgsd.teacher=frozen", "actor_rollout_ref.model.lora_rank=8"]))
+    assert lora.actor_rollout_ref.actor.use_kl_loss is False  # the LoRA-disabled actor is the base
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sgsd.top_k=0", "sgsd.top_k=0 is out of range"),
+    ("sgsd.teacher=ema", "sgsd.teacher='ema' is not one of live, frozen"),
+    ("sgsd.ablation.loss_type=kl", "sgsd.ablation.loss_type"),
+])
+def test_bad_values_fail_at_start_naming_the_key(override, message):
+    from recipe.sgsd.main_sgsd import prepare_config
+
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        prepare_config(compose_sgsd([override]))
+
+
+def test_unknown_sgsd_key_is_rejected():
+    from recipe.sgsd.main_sgsd import prepare_config
+
+    with pytest.raises(ConfigError, match=r"unknown key sgsd\.topk"):
+        prepare_config(compose_sgsd(["+sgsd.topk=3"]))
+
+
+def test_token_budget_must_hold_a_teacher_sequence():
+    from recipe.sgsd.main_sgsd import prepare_config
+
+    cfg = compose_sgsd(["actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
+                        "actor_rollout_ref.actor.use_dynamic_bsz=true",
+                        "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=1024",
+                        "data.max_response_length=512", "sgsd.max_teacher_prompt_length=1024"])
+    with pytest.raises(ValueError, match="log_prob_max_token_len_per_gpu=1024 cannot hold a teacher sequence"):
+        prepare_config(cfg)
+
+
+def test_plugin_registers_in_a_fresh_process_after_import_verl(tmp_path):
+    code = (
+        "import verl\n"
+        "from verl.trainer.ppo import core_algos\n"
+        "from verl.trainer.ppo.v1.trainer_base import get_trainer_cls\n"
+        "from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls\n"
+        "print(core_algos.get_adv_estimator_fn('sgsd').__module__, get_trainer_cls('sgsd').__name__,"
+        " get_reward_manager_cls('sgsd').__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={k: v for k, v in __import__("os").environ.items() if k != "VERL_USE_EXTERNAL_MODULES"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["recipe.sgsd.plugin", "SGSDTrainer", "SGSDRewardManager"]
