@@ -39,7 +39,11 @@ class RecordBufferActor:
 
 
 def record_buffer(maxlen: int = DEFAULT_BUFFER_SIZE):
-    """The run's buffer actor, created by whichever process asks first."""
+    """The run's buffer actor, created by whichever process asks first.
+
+    A (non-detached) Ray actor lives as long as its creator: the SGSD trainer creates it
+    first, so it lasts the whole run; reward workers then get the same actor by name.
+    """
     return RecordBufferActor.options(name=BUFFER_ACTOR_NAME, get_if_exists=True).remote(maxlen)
 
 

@@ -59,6 +59,9 @@ class SGSDTrainer(PPOTrainerSync):
     def __init__(self, config):
         super().__init__(config)
         self.sgsd_config = SGSDConfig.from_mapping(OmegaConf.to_container(config.sgsd, resolve=True))
+        # Created here, before the reward workers exist, so this long-lived process owns the
+        # buffer actor (a Ray actor dies with its owner) and every reward worker finds it.
+        self.record_buffer = record_buffer(self.sgsd_config.record_buffer_size)
 
     # ----------------------------------------------------------------- set-up
     def on_init_end(self):
@@ -72,7 +75,6 @@ class SGSDTrainer(PPOTrainerSync):
         self.token_mask = TokenMaskBuilder(self.tokenizer, cfg.mask.to_token_mask_config())
         self.teacher_format = ChatFormat(enable_thinking=cfg.teacher_thinking,
                                          prefill_empty_think=cfg.prefill_empty_think)
-        self.record_buffer = record_buffer(cfg.record_buffer_size)
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
         loss = SGSDActorLoss(actor_config=actor_config, objective=cfg.objective_config(),
                              distill_coef=cfg.distill_coef, hybrid=self.config.actor_rollout_ref.rollout.n > 1,
