@@ -189,6 +189,7 @@ def build_tiny_model(
     seed: int = 0,
     texts: Iterable[str] | None = None,
     pad_vocab_to: int | None = None,
+    initializer_range: float = 0.02,
 ) -> Path:
     """Write a random-weight Qwen3 checkpoint plus tokenizer to ``output_dir``.
 
@@ -196,7 +197,10 @@ def build_tiny_model(
     tokenizer's vocabulary (real Qwen3 has 151936 rows for ~151.7k tokens),
     e.g. to benchmark memory with realistic logits. Identical arguments give
     byte-identical weights and an identical tokenizer. Without ``pad_vocab_to``
-    the model's vocabulary is exactly ``len(tokenizer)``.
+    the model's vocabulary is exactly ``len(tokenizer)``. A larger
+    ``initializer_range`` (e.g. 0.5) gives a random model whose next-token
+    distribution depends visibly on its context — what end-to-end tests of
+    context-conditioned teachers need; 0.02 (Qwen3's) is nearly uniform.
     """
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
@@ -235,6 +239,7 @@ def build_tiny_model(
         # Qwen3's rope base; irrelevant for quality here but keeps shapes/paths realistic.
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         tie_word_embeddings=True,
+        initializer_range=initializer_range,
         # Like Qwen3's config: <|endoftext|> is bos/pad, <|im_end|> the eos.
         bos_token_id=pad_id,
         eos_token_id=eos_id,

@@ -85,14 +85,18 @@ class SGSDActorLoss:
         response_mask = _fit(padded["response_mask"], width).to(student.dtype)
         token_mask = _fit(padded["sgsd_token_mask"], width).to(student.dtype) * response_mask
         teacher = _fit(padded["sgsd_teacher_log_probs"], width).transpose(1, 2)  # [B, K, T]
-        alpha = data["sgsd_alpha"].to(student.dtype)
-        sign = data["sgsd_outcome_sign"].to(student.dtype)
+        alpha = _dense(data["sgsd_alpha"]).to(student.dtype)
+        sign = _dense(data["sgsd_outcome_sign"]).reshape(-1).to(student.dtype)
         out = sgsd_objective(student, teacher.to(student.dtype), token_mask, alpha, sign, self.objective,
                              response_mask=response_mask)
         loss = global_mean(out.loss, data)
         if self.debug_dump_dir:
+            responses = _fit(data["responses"].to_padded_tensor(-1) if data["responses"].is_nested
+                             else data["responses"], width)
             self._dump(student=student, teacher=teacher, token_mask=token_mask, alpha=alpha, sign=sign,
-                       response_mask=response_mask, per_problem=out.loss, loss=loss)
+                       response_mask=response_mask, responses=responses, per_problem=out.loss, loss=loss,
+                       global_batch_size=torch.tensor(float(_non_tensor(data, "global_batch_size") or 0)),
+                       dp_size=torch.tensor(float(_non_tensor(data, "dp_size") or 1)))
         return loss, out.metrics
 
     def _dump(self, **tensors: torch.Tensor) -> None:
@@ -121,6 +125,11 @@ def _non_tensor(data: Any, key: str):
     except KeyError:
         return None
     return getattr(value, "data", value)
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """TransferQueue may hand per-sample fixed-size fields back as a jagged tensor."""
+    return torch.stack([x for x in t.unbind()]) if t.is_nested else t
 
 
 def _fit(t: torch.Tensor, width: int) -> torch.Tensor:

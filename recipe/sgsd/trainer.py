@@ -26,6 +26,7 @@ import transfer_queue as tq
 from omegaconf import OmegaConf, open_dict
 from tensordict import TensorDict
 
+from recipe.sgsd import probe as memory_probe
 from recipe.sgsd.loss import SGSDActorLoss
 from recipe.sgsd.reward_hook import record_buffer
 from recipe.sgsd.teacher_pass import outcome_signs, plan_teachers, problem_text, scatter_teacher_log_probs
@@ -147,7 +148,7 @@ class SGSDTrainer(PPOTrainerSync):
         scored, teacher_tokens = self._score_teachers(plan, responses, response_masks)
         teacher_lp = scatter_teacher_log_probs(plan, scored, student_lp)
         if os.environ.get("SGSD_DEBUG_DUMP_DIR"):
-            self._dump_teacher_pass(plan, scored, responses, student_lp)
+            self._dump_teacher_pass(plan, scored, responses, student_lp, list(data["prompts"].unbind()))
         token_mask = [self.token_mask(r, m).float() for r, m in zip(responses, response_masks)]
         fields = TensorDict({
             "sgsd_teacher_log_probs": torch.nested.as_nested_tensor(teacher_lp, layout=torch.jagged),
@@ -158,6 +159,8 @@ class SGSDTrainer(PPOTrainerSync):
         batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields, tags=batch.tags)
 
         elapsed = time.perf_counter() - start
+        if getattr(self, "_last_teacher_peak_mb", None) is not None:
+            metrics["sgsd/teacher_pass_peak_extra_mb"] = self._last_teacher_peak_mb
         n_teachers = (plan.alpha > 0).sum(-1).float()
         metrics.update({
             "sgsd/teacher_pass_time": elapsed,
@@ -198,6 +201,10 @@ class SGSDTrainer(PPOTrainerSync):
                                tags=tags)
         meta.extra_info = {"calculate_entropy": False, "compute_loss": False,
                            "temperature": self.sgsd_config.logprob_temperature}
+        probe = None
+        if memory_probe.enabled():
+            probe = memory_probe.PeakMemoryProbe(self._teacher_worker_group())
+            probe.start()
         try:
             if self.sgsd_config.teacher == "frozen":
                 if self.ref_in_actor:
@@ -207,6 +214,8 @@ class SGSDTrainer(PPOTrainerSync):
                     self.ref_policy_wg.compute_ref_log_prob(meta)
             else:
                 self.actor_rollout_wg.compute_log_prob(meta)
+            if probe is not None:
+                self._last_teacher_peak_mb = probe.stop()
             out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"])
             scored = list(response_from_nested(out["log_probs"], out["response_mask"]).unbind())[: len(plan)]
         finally:
@@ -214,7 +223,7 @@ class SGSDTrainer(PPOTrainerSync):
         teacher_tokens = sum(t["seq_len"] for t in tags[: len(plan)])
         return scored, teacher_tokens
 
-    def _dump_teacher_pass(self, plan, scored, responses, student_lp) -> None:
+    def _dump_teacher_pass(self, plan, scored, responses, student_lp, student_prompts) -> None:
         """Tests only: what the pass scored, to check it against an independent forward."""
         folder = Path(os.environ["SGSD_DEBUG_DUMP_DIR"])
         folder.mkdir(parents=True, exist_ok=True)
@@ -222,13 +231,16 @@ class SGSDTrainer(PPOTrainerSync):
             "step": self.global_steps, "owner": plan.owner, "slot": plan.slot, "prompt_ids": plan.prompt_ids,
             "alpha": plan.alpha, "responses": [r.clone() for r in responses], "scored": [s.clone() for s in scored],
             "student_log_probs": [s.clone() for s in student_lp],
+            "student_prompts": [p.clone() for p in student_prompts],
             "temperature": self.sgsd_config.logprob_temperature,
         }, folder / f"teacher_pass_step{self.global_steps:04d}.pt")
 
+    def _teacher_worker_group(self):
+        frozen_ref = self.sgsd_config.teacher == "frozen" and not self.ref_in_actor
+        return self.ref_policy_wg if frozen_ref else self.actor_rollout_wg
+
     def _teacher_dp_size(self) -> int:
-        wg = self.ref_policy_wg if (self.sgsd_config.teacher == "frozen" and not self.ref_in_actor) \
-            else self.actor_rollout_wg
-        return max(int(getattr(wg, "world_size", 1)), 1)
+        return max(int(getattr(self._teacher_worker_group(), "world_size", 1)), 1)
 
 
 def _non_tensor_list(data: TensorDict, key: str, n: int) -> list:

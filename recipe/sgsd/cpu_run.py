@@ -1,0 +1,136 @@
+"""Run SGSD (or GRPO) through verl's real trainer on a CPU, on the embedded defaults.
+
+This is the main job of ``bash scripts/run_sgsd_cpu.sh`` and the launcher the end-to-end
+tests and the teacher-pass benchmark share: it builds the tiny local Qwen3 (no hub),
+writes a verl parquet from the shipped MATH subset, and runs
+``python -m recipe.sgsd.main_sgsd`` with the CPU backend's overrides, the shipped
+Qwen3-1.7B skill bank and the packaged MiniLM encoder, logging with verl's ``console``
+and ``file`` loggers (one JSON object per step).
+
+    python -m recipe.sgsd.cpu_run --workdir outputs/sgsd_cpu [--steps 4] [--estimator grpo] [override ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recipe.sgsd.cpu_overrides import CPU_OVERRIDES, cpu_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class CPURun:
+    """One CPU training run: where it lives and how big it is."""
+
+    workdir: Path
+    steps: int = 3
+    estimator: str = "sgsd"
+    batch_size: int = 4
+    rollout_n: int = 1
+    response_length: int = 48
+    top_k: int = 4
+    train_rows: int = 64
+    model_dir: Path | None = None
+    extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.workdir / "metrics.jsonl"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.workdir / "checkpoints"
+
+    def prepare(self) -> None:
+        """Tiny model and parquet data, built once per workdir."""
+        from sgsd.datasets import load_problems, shipped_path
+        from sgsd.tiny_model import build_tiny_model
+        from sgsd.verl_data import to_verl_rows, write_parquet
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.model_dir is None:
+            self.model_dir = self.workdir / "tiny_qwen3"
+            if not (self.model_dir / "config.json").exists():
+                build_tiny_model(self.model_dir)
+        train = self.workdir / "data" / "train.parquet"
+        if not train.exists():
+            problems = load_problems(shipped_path("train", "math_train.jsonl"), require_answer=True)
+            write_parquet(to_verl_rows(problems[: self.train_rows], "math", "train"), train)
+            write_parquet(to_verl_rows(problems[self.train_rows: self.train_rows + self.batch_size], "math",
+                                       "test"), self.workdir / "data" / "val.parquet")
+
+    def overrides(self) -> list[str]:
+        data = self.workdir / "data"
+        return [
+            f"algorithm.adv_estimator={self.estimator}",
+            f"data.train_files={data / 'train.parquet'}", f"data.val_files={data / 'val.parquet'}",
+            f"data.train_batch_size={self.batch_size}", "data.max_prompt_length=256",
+            f"data.max_response_length={self.response_length}", "data.shuffle=false",
+            f"actor_rollout_ref.model.path={self.model_dir}",
+            f"actor_rollout_ref.rollout.n={self.rollout_n}",
+            f"actor_rollout_ref.actor.ppo_mini_batch_size={self.batch_size}",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+            "actor_rollout_ref.rollout.temperature=1.1", "actor_rollout_ref.rollout.top_p=0.95",
+            "actor_rollout_ref.actor.optim.lr=1e-3",
+            "actor_rollout_ref.actor.use_kl_loss=false", "algorithm.use_kl_in_reward=false",
+            f"trainer.total_training_steps={self.steps}", "trainer.val_before_train=false", "trainer.test_freq=-1",
+            "trainer.logger=[console,file]", "trainer.project_name=sgsd_cpu",
+            f"trainer.experiment_name={self.estimator}", f"trainer.default_local_dir={self.checkpoint_dir}",
+            f"trainer.save_freq={self.steps}",
+            "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
+            f"sgsd.top_k={self.top_k}", "sgsd.max_teacher_prompt_length=768",
+            *self.extra,
+        ]
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "recipe.sgsd.main_sgsd", *CPU_OVERRIDES, *self.overrides()]
+
+    def run(self, *, timeout: float | None = None, capture: bool = False) -> subprocess.CompletedProcess:
+        self.prepare()
+        if self.metrics_file.exists():
+            self.metrics_file.unlink()  # verl's file logger appends
+        env = cpu_env(pythonpath=str(ROOT))
+        env["VERL_FILE_LOGGER_PATH"] = str(self.metrics_file)
+        env.update(self.env)
+        return subprocess.run(self.command(), cwd=self.workdir, env=env, timeout=timeout,
+                              capture_output=capture, text=True)
+
+    def metrics(self) -> list[dict]:
+        """One ``{"step": n, "data": {...}}`` per training step, from verl's file logger."""
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default=os.environ.get("SGSD_CPU_WORKDIR", "outputs/sgsd_cpu"))
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--estimator", default="sgsd", help="sgsd (default) or grpo")
+    parser.add_argument("--rollout-n", type=int, default=None, help="rollouts per problem (sgsd 1, grpo 4)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. sgsd.top_k=8")
+    args = parser.parse_args(argv)
+    n = args.rollout_n or (1 if args.estimator == "sgsd" else 4)
+    run = CPURun(Path(args.workdir).resolve(), steps=args.steps, estimator=args.estimator, rollout_n=n,
+                 extra=args.overrides)
+    done = run.run()
+    if done.returncode != 0:
+        print(f"[cpu_run] training failed with exit code {done.returncode}", file=sys.stderr)
+        return done.returncode
+    steps = run.metrics()
+    last = steps[-1]["data"] if steps else {}
+    summary = {k: round(v, 4) for k, v in last.items() if k.startswith("sgsd/") and isinstance(v, (int, float))}
+    print(f"[cpu_run] {len(steps)} steps done; last step sgsd/*: {json.dumps(summary)}")
+    print(f"[cpu_run] metrics file: {run.metrics_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
