@@ -10,7 +10,6 @@ other estimator) it is verl's own run, unchanged.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -49,8 +48,9 @@ def prepare_config(config: DictConfig) -> DictConfig:
         if config.reward.reward_manager.source == "register" and config.reward.reward_manager.name == "naive":
             config.reward.reward_manager.name = "sgsd"  # naive scoring + the record hook
         if not config.reward.custom_reward_function.get("path"):
-            config.reward.custom_reward_function.path = str(Path(__file__).resolve().parents[2] / "sgsd" /
-                                                            "verifier.py")
+            # pkg:// imports it as a module; a file path would skip sys.modules, which the
+            # verifier's dataclasses and worker subprocesses need.
+            config.reward.custom_reward_function.path = "pkg://sgsd.verifier"
             config.reward.custom_reward_function.name = "compute_score"
         kwargs = config.data.get("apply_chat_template_kwargs") or {}
         config.data.apply_chat_template_kwargs = {**kwargs, "enable_thinking": sgsd_config.student_thinking}
@@ -94,10 +94,37 @@ def main(config: DictConfig) -> None:
     from verl.utils.device import auto_set_device
 
     config = prepare_config(config)
+    if os.environ.get("SGSD_DRY_RUN") == "1":
+        _dry_run(config, validate_config, need_reference_policy(config), need_critic(config))
+        return
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config),
                     use_critic=need_critic(config))
     run_ppo(config, task_runner_class=TaskRunnerV1)
+
+
+def _dry_run(config: DictConfig, validate_config, use_reference_policy: bool, use_critic: bool) -> None:
+    """``SGSD_DRY_RUN=1``: validate the composed config, print one line, launch nothing.
+
+    ``SGSD_DRY_RUN_OUT=PATH`` also writes the resolved config there (yaml). auto_set_device
+    is skipped: it only rewrites ``trainer.device`` for the accelerator of the machine that
+    validates, which need not be the one that trains.
+    """
+    import copy
+    import importlib.util
+
+    checked = config
+    if config.actor_rollout_ref.rollout.name == "vllm" and importlib.util.find_spec("vllm") is None:
+        # validate_config imports vLLM (GPU-only) just to round the LoRA rank up to one vLLM
+        # supports; without vLLM on this machine, every other check still runs.
+        checked = copy.deepcopy(config)
+        with open_dict(checked):
+            checked.actor_rollout_ref.rollout.name = "vllm-not-installed"
+    validate_config(config=checked, use_reference_policy=use_reference_policy, use_critic=use_critic)
+    if os.environ.get("SGSD_DRY_RUN_OUT"):
+        OmegaConf.save(config, os.environ["SGSD_DRY_RUN_OUT"], resolve=True)
+    gpus = f"{config.trainer.n_gpus_per_node}x{config.trainer.nnodes}"
+    print(f"sgsd dry run: config OK ({config.algorithm.adv_estimator}, {gpus} GPUs)")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def test_prepare_wires_sgsd_and_leaves_grpo_alone():
     sgsd = prepare_config(compose_sgsd(["sgsd.student_thinking=false"]))
     assert sgsd.trainer.v1.trainer_mode == "sgsd"
     assert sgsd.reward.reward_manager.name == "sgsd"
-    assert sgsd.reward.custom_reward_function.path.endswith("sgsd/verifier.py")
+    assert sgsd.reward.custom_reward_function.path == "pkg://sgsd.verifier"
     assert sgsd.data.apply_chat_template_kwargs.enable_thinking is False
     grpo = prepare_config(compose_sgsd(["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=8"]))
     assert grpo.trainer.v1.trainer_mode == "sync" and grpo.reward.reward_manager.name == "naive"

@@ -1,0 +1,100 @@
+# Sourced by scripts/run_*.sh, never run on its own: the environment every SGSD-verl GPU run
+# shares, and the mapping from the run scripts' variables to verl 0.9.1 config keys. The
+# values live in the run scripts; a variable a script forgot fails `set -u` by name.
+
+SGSD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+# `python3 -m recipe.sgsd.main_sgsd` from any folder; Ray workers on this node inherit it (on
+# other nodes of a multi-node run, install the project or set PYTHONPATH there too).
+export PYTHONPATH="$SGSD_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+# Faster model downloads: hf_transfer for huggingface_hub < 1.0 (the `gpu` extra's
+# hf-transfer); huggingface_hub >= 1.0 ignores it and reads the Xet switch instead.
+export HF_HUB_ENABLE_HF_TRANSFER=1
+export HF_XET_HIGH_PERFORMANCE="${HF_XET_HIGH_PERFORMANCE:-1}"
+
+# verl imports these modules in every process it starts (driver, trainer, FSDP, reward and
+# agent-loop workers) and fails loudly on an import error; entry points would swallow it.
+export VERL_USE_EXTERNAL_MODULES=recipe.sgsd.plugin
+
+export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
+
+# Metrics to the console and a JSONL file (verl's FileLogger: $VERL_FILE_LOGGER_ROOT, default
+# ./<project>/<experiment>.jsonl); USE_WANDB=1 adds Weights & Biases.
+if [[ "${USE_WANDB:-0}" == 1 ]]; then
+    LOGGER='[console,file,wandb]'
+else
+    LOGGER='[console,file]'
+fi
+
+# VERL_OVERRIDES: the keys every run sets (SGSD and the GRPO baseline alike). bf16, FlashAttention 2,
+# gradient checkpointing and LoRA on all linear layers are the paper's for every method (App. E.1).
+verl_overrides() {
+    VERL_OVERRIDES=(
+        data.train_files="$TRAIN_FILE"
+        data.val_files="$VAL_FILE"
+        data.train_batch_size="$TRAIN_BATCH_SIZE"
+        data.max_prompt_length="$MAX_PROMPT_LENGTH"
+        data.max_response_length="$RESPONSE_LENGTH"
+        data.filter_overlong_prompts=true
+        actor_rollout_ref.model.path="$MODEL_PATH"
+        actor_rollout_ref.model.lora_rank="$LORA_RANK"
+        actor_rollout_ref.model.lora_alpha="$LORA_ALPHA"
+        actor_rollout_ref.model.target_modules=all-linear
+        actor_rollout_ref.model.use_remove_padding=true
+        actor_rollout_ref.model.enable_gradient_checkpointing=true
+        # `++`: override_config is an empty dict in verl's yaml. A later plain key=value wins.
+        ++actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2
+        actor_rollout_ref.actor.fsdp_config.dtype=bfloat16
+        actor_rollout_ref.actor.optim.lr="$LR"
+        # The engine workers clip with optim.clip_grad; actor.grad_clip is the legacy key.
+        actor_rollout_ref.actor.optim.clip_grad="$GRAD_CLIP"
+        actor_rollout_ref.actor.ppo_mini_batch_size="$TRAIN_BATCH_SIZE"
+        actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="$MICRO_BATCH_PER_GPU"
+        actor_rollout_ref.rollout.name=vllm
+        actor_rollout_ref.rollout.dtype=bfloat16
+        actor_rollout_ref.rollout.tensor_model_parallel_size="$ROLLOUT_TP"
+        actor_rollout_ref.rollout.gpu_memory_utilization="$ROLLOUT_GPU_MEMORY"
+        actor_rollout_ref.rollout.n="$ROLLOUTS"
+        actor_rollout_ref.rollout.temperature="$TEMPERATURE"
+        actor_rollout_ref.rollout.top_p="$TOP_P"
+        actor_rollout_ref.rollout.top_k="$TOP_K"
+        actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu="$LOGPROB_MICRO_BATCH_PER_GPU"
+        actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu="$LOGPROB_MICRO_BATCH_PER_GPU"
+        actor_rollout_ref.rollout.val_kwargs.do_sample=true
+        actor_rollout_ref.rollout.val_kwargs.n="$VAL_SAMPLES"
+        actor_rollout_ref.rollout.val_kwargs.temperature="$VAL_TEMPERATURE"
+        actor_rollout_ref.rollout.val_kwargs.top_p="$VAL_TOP_P"
+        actor_rollout_ref.rollout.val_kwargs.top_k="$VAL_TOP_K"
+        trainer.logger="$LOGGER"
+        trainer.project_name="$PROJECT_NAME"
+        trainer.experiment_name="$EXPERIMENT_NAME"
+        trainer.nnodes="$NNODES"
+        trainer.n_gpus_per_node="$N_GPUS_PER_NODE"
+        trainer.total_training_steps="$TOTAL_STEPS"
+        trainer.save_freq="$SAVE_FREQ"
+        trainer.test_freq="$TEST_FREQ"
+    )
+}
+
+# SGSD_OVERRIDES: the `sgsd:` section (recipe/sgsd/config/sgsd_trainer.yaml documents each key).
+sgsd_overrides() {
+    SGSD_OVERRIDES=(
+        sgsd.bank_path="$BANK_PATH"
+        sgsd.encoder="$ENCODER"
+        sgsd.encoder_device="$ENCODER_DEVICE"
+        sgsd.top_k="$TEACHERS"
+        sgsd.teacher="$TEACHER"
+        sgsd.student_thinking="$STUDENT_THINKING"
+        sgsd.teacher_thinking="$TEACHER_THINKING"
+        sgsd.tau="$TAU"
+        sgsd.clip="$CLIP"
+        sgsd.threshold="$THRESHOLD"
+        sgsd.max_teacher_prompt_length="$TEACHER_PROMPT_LENGTH"
+        sgsd.update.enable="$SKILL_UPDATE"
+        sgsd.update.freq="$UPDATE_FREQ"
+        sgsd.update.success_threshold="$UPDATE_SUCCESS"
+        sgsd.update.max_new_items="$UPDATE_MAX_NEW"
+        sgsd.update.capacity="$UPDATE_CAPACITY"
+    )
+}

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Write a problem set as verl RL parquet (the files the run scripts' TRAIN_FILE/VAL_FILE read).
+
+Each row's prompt is SGSD's student prompt (``sgsd.prompts.student_prompt``) as ONE user
+message; ``extra_info.problem`` keeps the plain statement for the teacher pass. Layout:
+``sgsd/verl_data.py``. Run this file directly (verl's wheel installs a top-level ``scripts``
+package, so ``python -m scripts.prepare_data`` would find the wrong one)::
+
+    python3 scripts/prepare_data.py --dataset math_train     # -> ~/data/sgsd/math_train.parquet (train)
+    python3 scripts/prepare_data.py --dataset aime24         # -> ~/data/sgsd/aime24.parquet (test)
+    python3 scripts/prepare_data.py --dataset dapo-math-17k  # the paper's training set, from the Hub
+    python3 scripts/prepare_data.py --dataset dapo-math-17k --input dapo-math-17k.parquet  # a local copy
+    python3 scripts/prepare_data.py --input my.jsonl --output ~/data/sgsd/my.parquet --split train
+    python3 scripts/prepare_data.py --dataset math500 --shuffle --seed 1 --limit 100
+
+Shipped sets: math_train, gsm8k (split train); aime24, aime25, hmmt25, amc2023, math500
+(split test). ``--input`` takes JSONL/JSON/parquet of ``problem``/``answer`` rows (+ optional
+``solution``). DAPO-Math-17k is de-duplicated, stripped of its own answer-format
+instruction and, by default, reduced to its English problems (``--language all`` keeps all).
+Bad input exits 2 with one line naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+# Run as a file: put this checkout first so its `sgsd` wins over any installed copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sgsd.datasets import ProblemFileError, load_problems  # noqa: E402
+from sgsd.verl_data import (  # noqa: E402
+    DAPO_HUB_ID,
+    DAPO_NAME,
+    SHIPPED_SETS,
+    TRAIN_SETS,
+    DatasetUnavailableError,
+    dapo_problems,
+    iter_dapo_hub_rows,
+    iter_parquet_rows,
+    shipped_set_path,
+    to_verl_rows,
+    write_parquet,
+)
+
+DEFAULT_DIR = Path("~/data/sgsd")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="prepare_data.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=[*SHIPPED_SETS, DAPO_NAME], help="a shipped set or dapo-math-17k")
+    parser.add_argument("--input", type=Path, help="JSONL/JSON/parquet of problem/answer rows (with "
+                        "--dataset dapo-math-17k: a local copy of DAPO's parquet)")
+    parser.add_argument("--output", type=Path, help="parquet to write (default ~/data/sgsd/<data source>.parquet)")
+    parser.add_argument("--split", choices=["train", "test"],
+                        help="extra_info.split; train rows must have answers (default: train, test for benchmarks)")
+    parser.add_argument("--data-source", help="data_source column (default: the dataset name or the input's stem)")
+    parser.add_argument("--limit", type=int, help="keep the first N problems (after --shuffle)")
+    parser.add_argument("--shuffle", action="store_true", help="shuffle before --limit")
+    parser.add_argument("--seed", type=int, help="shuffle seed (default 0; needs --shuffle)")
+    parser.add_argument("--language", choices=["en", "all"], default="en",
+                        help="DAPO-Math-17k only: en = the English subset the paper trains on (default)")
+    args = parser.parse_args(argv)
+    if args.dataset is None and args.input is None:
+        parser.error("give --dataset or --input")
+    if args.dataset is not None and args.dataset != DAPO_NAME and args.input is not None:
+        parser.error(f"--input goes with --dataset {DAPO_NAME} only (a shipped set has its own file)")
+    if args.seed is not None and not args.shuffle:
+        parser.error("--seed has no effect without --shuffle")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be >= 1")
+    return args
+
+
+def load(args: argparse.Namespace):
+    """The problems, the data_source name and the default split for ``args``."""
+    if args.dataset == DAPO_NAME:
+        rows = iter_parquet_rows(args.input) if args.input else iter_dapo_hub_rows()
+        problems, counts = dapo_problems(rows, language=args.language, source=str(args.input or DAPO_HUB_ID))
+        print(f"{DAPO_NAME}: {counts['rows']} rows, {counts['duplicates']} duplicates and "
+              f"{counts['non_english']} non-English problems dropped", file=sys.stderr)
+        return problems, DAPO_NAME, "train"
+    if args.dataset is not None:
+        split = "train" if args.dataset in TRAIN_SETS else "test"
+        path, name = shipped_set_path(args.dataset), args.dataset
+    else:
+        split, path, name = "train", args.input, args.input.stem
+    # Training rows without an answer are an error, reported with the file and line.
+    problems = load_problems(path, require_answer=(args.split or split) == "train")
+    return problems, name, split
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        problems, name, split = load(args)
+        split = args.split or split
+        data_source = args.data_source or name
+        if args.shuffle:
+            random.Random(0 if args.seed is None else args.seed).shuffle(problems)
+        if args.limit is not None:
+            problems = problems[:args.limit]
+        rows = to_verl_rows(problems, data_source, split)
+        output = (args.output or DEFAULT_DIR / f"{data_source}.parquet").expanduser()
+        write_parquet(rows, output)
+    except (ProblemFileError, DatasetUnavailableError, ValueError, OSError) as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the exception held
+        print(f"prepare_data.py: error: {message}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(rows)} rows ({data_source}, split {split}) to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

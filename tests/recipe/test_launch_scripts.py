@@ -1,0 +1,195 @@
+"""The GPU launch scripts: they parse, validate through the real entry point (SGSD_DRY_RUN=1)
+and carry the paper's values, read from the composed config rather than grepped."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "scripts"
+RUN_SCRIPTS = {  # script -> the estimator its dry run must report
+    "run_sgsd_qwen3_8b.sh": "sgsd",
+    "run_sgsd_qwen3_4b.sh": "sgsd",
+    "run_sgsd_qwen3_1.7b.sh": "sgsd",
+    "run_grpo_qwen3_8b.sh": "grpo",
+}
+EXTRA = ["sgsd.top_k=4", "actor_rollout_ref.rollout.temperature=0.7",
+         "actor_rollout_ref.model.override_config.attn_implementation=sdpa"]
+CONFIG_DIR = ROOT / "recipe" / "sgsd" / "config"
+# Located without importing verl (seconds of imports this process does not need).
+VERL_CONFIG = (Path(importlib.util.find_spec("verl").submodule_search_locations[0]) / "trainer" / "config"
+               / "_generated_ppo_trainer.yaml")
+
+
+def _env(bin_dir: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # The script's `python3` must be the one in bin_dir (this interpreter's venv, with verl),
+    # and recipe.sgsd must come from this checkout.
+    env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory) -> dict[str, dict]:
+    """Every run script's real dry run, all at once: each process pays verl's ~10 s of imports."""
+    cwd = tmp_path_factory.mktemp("dry_runs")  # Hydra's outputs/ lands here
+    procs = {}
+    for script in RUN_SCRIPTS:
+        out = cwd / f"{script}.yaml"
+        env = _env(Path(sys.executable).parent, SGSD_DRY_RUN="1", SGSD_DRY_RUN_OUT=str(out))
+        procs[script] = (subprocess.Popen(["bash", str(SCRIPTS / script)], cwd=cwd, env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE), out)
+    results = {}
+    for script, (proc, out) in procs.items():
+        stdout, stderr = proc.communicate(timeout=600)
+        config = OmegaConf.load(out) if out.exists() else None
+        results[script] = {"rc": proc.returncode, "stdout": stdout, "stderr": stderr, "config": config}
+    return results
+
+
+def _config(dry_runs, key):
+    run = dry_runs[key]
+    assert run["rc"] == 0, run["stderr"][-3000:]
+    return run["config"]
+
+
+@pytest.mark.parametrize("script", sorted(p.relative_to(SCRIPTS).as_posix() for p in SCRIPTS.rglob("*.sh")))
+def test_every_shell_script_parses(script):
+    done = subprocess.run(["bash", "-n", str(SCRIPTS / script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("script", RUN_SCRIPTS)
+def test_run_script_shape(script):
+    text = (SCRIPTS / script).read_text()
+    assert "\nset -xeuo pipefail\n" in text
+    assert 'source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"' in text
+    assert text.count("python3 -m recipe.sgsd.main_sgsd") == 1
+    assert text.rstrip().endswith('"$@"')  # extra overrides come last, so they win
+
+
+def test_common_environment():
+    text = (SCRIPTS / "lib" / "common.sh").read_text()
+    assert "\nexport HF_HUB_ENABLE_HF_TRANSFER=1\n" in text
+    assert "\nexport VERL_USE_EXTERNAL_MODULES=recipe.sgsd.plugin\n" in text
+
+
+@pytest.mark.parametrize("script, estimator", RUN_SCRIPTS.items())
+def test_dry_run_validates(dry_runs, script, estimator):
+    _config(dry_runs, script)
+    assert f"sgsd dry run: config OK ({estimator}, 8x1 GPUs)" in dry_runs[script]["stdout"]
+
+
+def _common_paper_values(cfg):
+    """App. E.1: every trainable method."""
+    model, actor, rollout = cfg.actor_rollout_ref.model, cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
+    assert (model.lora_rank, model.lora_alpha, model.target_modules) == (64, 128, "all-linear")
+    assert actor.optim.lr == 5e-6
+    assert model.enable_gradient_checkpointing is True and model.use_remove_padding is True
+    assert model.override_config.attn_implementation == "flash_attention_2"
+    assert actor.fsdp_config.dtype == "bfloat16" and rollout.dtype == "bfloat16"
+    assert rollout.name == "vllm"
+    # evaluation: avg@12 at temperature 1.0, top-p 0.95, no top-k
+    val = rollout.val_kwargs
+    assert (val.n, val.temperature, val.top_p, val.top_k, val.do_sample) == (12, 1.0, 0.95, -1, True)
+    trainer = cfg.trainer
+    assert (trainer.total_training_steps, trainer.save_freq, trainer.test_freq) == (200, 25, 25)
+    assert (trainer.n_gpus_per_node, trainer.nnodes) == (8, 1)
+    assert list(trainer.logger) == ["console", "file"]
+    assert cfg.data.train_files.endswith("/data/sgsd/math_train.parquet")
+    assert cfg.data.val_files.endswith("/data/sgsd/aime24.parquet")
+
+
+@pytest.mark.parametrize("script, model, bank", [
+    ("run_sgsd_qwen3_8b.sh", "Qwen/Qwen3-8B", "qwen3_4b"),
+    ("run_sgsd_qwen3_4b.sh", "Qwen/Qwen3-4B", "qwen3_4b"),
+    ("run_sgsd_qwen3_1.7b.sh", "Qwen/Qwen3-1.7B", "qwen3_1.7b"),
+])
+def test_sgsd_scripts_carry_the_paper_values(dry_runs, script, model, bank):
+    cfg = _config(dry_runs, script)
+    _common_paper_values(cfg)
+    rollout, sgsd = cfg.actor_rollout_ref.rollout, cfg.sgsd
+    assert cfg.actor_rollout_ref.model.path == model and sgsd.bank_path == bank
+    assert cfg.algorithm.adv_estimator == "sgsd" and cfg.trainer.v1.trainer_mode == "sgsd"
+    # Tab. 11, SGSD column
+    assert (rollout.n, cfg.data.max_response_length, sgsd.max_teacher_prompt_length) == (1, 1024, 20000)
+    assert (rollout.temperature, rollout.top_p, rollout.top_k) == (1.1, 0.95, 20)
+    assert (sgsd.top_k, sgsd.teacher, sgsd.reference_answer_in_teacher) == (8, "live", False)
+    # Tab. 12 and Sec. 4.1
+    assert (sgsd.tau, sgsd.clip, sgsd.threshold) == (1.0, 3.0, 0.05)
+    assert (sgsd.encoder, sgsd.encoder_device) == ("Qwen/Qwen3-Embedding-0.6B", "cuda")
+    assert (sgsd.student_thinking, sgsd.teacher_thinking) == (False, True)
+    assert cfg.data.apply_chat_template_kwargs.enable_thinking is False  # the student's prompt
+    update = sgsd["update"]  # not sgsd.update: DictConfig.update is a method
+    assert (update.freq, update.success_threshold, update.max_new_items, update.capacity) == (25, 0.8, 5, 30)
+    assert sgsd.ablation.loss_type == "gated" and sgsd.ablation.use_polarity is True
+
+
+def test_grpo_script_is_the_same_recipe_with_grpo_values(dry_runs):
+    cfg = _config(dry_runs, "run_grpo_qwen3_8b.sh")
+    _common_paper_values(cfg)
+    rollout = cfg.actor_rollout_ref.rollout
+    assert cfg.algorithm.adv_estimator == "grpo" and cfg.trainer.v1.trainer_mode == "sync"
+    # Tab. 11, GRPO column: 8 generations, 16000 completion / 2048 prompt tokens, temperature 1.2
+    assert (rollout.n, cfg.data.max_response_length, cfg.data.max_prompt_length) == (8, 16000, 2048)
+    assert (rollout.temperature, rollout.top_p, rollout.top_k) == (1.2, 1.0, -1)
+    assert cfg.actor_rollout_ref.model.path == "Qwen/Qwen3-8B"
+    # graded by the same verifier as SGSD
+    assert cfg.reward.custom_reward_function.path == "pkg://sgsd.verifier"
+    assert cfg.reward.custom_reward_function.name == "compute_score"
+
+
+def test_extra_command_line_overrides_win(tmp_path):
+    """`"$@"` reaches the entry point last, so Hydra lets it win. A stand-in `python3` records
+    the command line (a real dry run per script is above); Hydra composes it here."""
+    from hydra import compose, initialize_config_dir
+
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nprintf \'%s\\0\' "$@" > "$ARGV_OUT"\n')
+    fake.chmod(0o755)
+    argv_out = tmp_path / "argv"
+    done = subprocess.run(["bash", str(SCRIPTS / "run_sgsd_qwen3_1.7b.sh"), *EXTRA], cwd=tmp_path, text=True,
+                          capture_output=True, env=_env(fake.parent, ARGV_OUT=str(argv_out)), timeout=60)
+    assert done.returncode == 0, done.stderr
+    argv = argv_out.read_text().split("\0")[:-1]
+    assert argv[:2] == ["-m", "recipe.sgsd.main_sgsd"] and argv[-len(EXTRA):] == EXTRA
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="sgsd_trainer", overrides=argv[2:])
+    assert cfg.sgsd.top_k == 4 and cfg.actor_rollout_ref.rollout.temperature == 0.7
+    assert cfg.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
+    assert cfg.actor_rollout_ref.model.lora_rank == 64  # the rest as the script sets it
+
+
+@pytest.mark.parametrize("script", RUN_SCRIPTS)
+def test_every_key_is_a_real_verl_or_sgsd_key(dry_runs, script):
+    """`++key` bypasses Hydra's struct check, and plain keys are only checked when composed:
+    read every key off the traced command line and find it in verl 0.9.1's full config."""
+    verl = OmegaConf.load(VERL_CONFIG)
+    sgsd = OmegaConf.load(CONFIG_DIR / "sgsd_trainer.yaml")
+    trace = [line for line in dry_runs[script]["stderr"].splitlines()
+             if re.match(r"^\++ python3 -m recipe\.sgsd\.main_sgsd ", line)]
+    assert len(trace) == 1, dry_runs[script]["stderr"][-2000:]
+    overrides = shlex.split(trace[0].lstrip("+ "))[3:]
+    assert len(overrides) > 30
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        plus = key.startswith("+")
+        key = key.lstrip("+")
+        tree = sgsd if key.startswith("sgsd.") else verl
+        parent_key, leaf = key.rsplit(".", 1)
+        parent = OmegaConf.select(tree, parent_key, throw_on_missing=False)
+        assert OmegaConf.is_dict(parent), f"{script}: no section {parent_key}"
+        # `++` may add a key under a dict verl leaves empty (override_config, apply_chat_template_kwargs)
+        assert plus or leaf in parent.keys(), f"{script}: no key {key}"  # keys(): `???` values count
