@@ -38,6 +38,9 @@ class CPURun:
     top_k: int = 4
     train_rows: int = 64
     model_dir: Path | None = None
+    # A random model with Qwen3's init (0.02) is nearly blind to its prompt, so every
+    # teacher would sit in the neutral zone; a wider init makes context matter.
+    initializer_range: float = 0.3
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -59,7 +62,7 @@ class CPURun:
         if self.model_dir is None:
             self.model_dir = self.workdir / "tiny_qwen3"
             if not (self.model_dir / "config.json").exists():
-                build_tiny_model(self.model_dir)
+                build_tiny_model(self.model_dir, initializer_range=self.initializer_range)
         train = self.workdir / "data" / "train.parquet"
         if not train.exists():
             problems = load_problems(shipped_path("train", "math_train.jsonl"), require_answer=True)
@@ -79,6 +82,7 @@ class CPURun:
             f"actor_rollout_ref.actor.ppo_mini_batch_size={self.batch_size}",
             "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
             "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
             "actor_rollout_ref.rollout.temperature=1.1", "actor_rollout_ref.rollout.top_p=0.95",
             "actor_rollout_ref.actor.optim.lr=1e-3",
             "actor_rollout_ref.actor.use_kl_loss=false", "algorithm.use_kl_in_reward=false",

@@ -145,7 +145,9 @@ class SGSDTrainer(PPOTrainerSync):
         plan = plan_teachers(problems, retrievals, self.tokenizer, self.teacher_format, cfg.top_k,
                              cfg.max_teacher_prompt_length, answers)
 
+        t0 = time.perf_counter()
         scored, teacher_tokens = self._score_teachers(plan, responses, response_masks)
+        scoring_time = time.perf_counter() - t0
         teacher_lp = scatter_teacher_log_probs(plan, scored, student_lp)
         if os.environ.get("SGSD_DEBUG_DUMP_DIR"):
             self._dump_teacher_pass(plan, scored, responses, student_lp, list(data["prompts"].unbind()))
@@ -167,6 +169,7 @@ class SGSDTrainer(PPOTrainerSync):
             "sgsd/retrieval_time": retrieval_time,
             "sgsd/teacher_tokens": float(teacher_tokens),
             "sgsd/teacher_tokens_per_s": teacher_tokens / max(elapsed, 1e-9),
+            "sgsd/teacher_scoring_time": scoring_time,
             "sgsd/teachers_per_problem_retrieved": n_teachers.mean().item(),
             "sgsd/short_pool_problems": (n_teachers < cfg.top_k).float().mean().item(),
             "sgsd/truncated_teacher_prompts": float(plan.truncated),

@@ -132,3 +132,50 @@ def test_without_teacher_fields_and_without_hybrid_is_an_error():
     del data["sgsd_alpha"]
     with pytest.raises(RuntimeError, match="without teacher fields"):
         _loss_fn()(model_output, data)
+
+
+@pytest.fixture(scope="module")
+def actor_config():
+    from hydra import compose, initialize_config_dir
+
+    from verl.utils.config import omega_conf_to_dataclass
+
+    config_dir = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "recipe" / "sgsd" / "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose(config_name="sgsd_trainer", overrides=["actor_rollout_ref.actor.ppo_mini_batch_size=6",
+                                                                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"])
+    return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+
+
+def _with_pg_fields(data, rows, batch_num_tokens):
+    nested = lambda ts: torch.nested.as_nested_tensor(ts, layout=torch.jagged)  # noqa: E731
+    g = torch.Generator().manual_seed(11)
+    data["old_log_probs"] = nested([-torch.rand(len(r["response"]), generator=g) for r in rows])
+    data["advantages"] = nested([torch.full((len(r["response"]),), float(torch.randn(1, generator=g))) for r in rows])
+    verl_tu.assign_non_tensor(data, batch_num_tokens=batch_num_tokens)
+    return data
+
+
+@pytest.mark.parametrize("coef", [0.0, 0.5])
+def test_hybrid_is_grpo_plus_coef_times_sgsd_and_exactly_grpo_at_zero(actor_config, coef):
+    from verl.workers.utils.losses import ppo_loss
+
+    rows = _rollouts(seed=7)
+    tokens = sum(len(r["response"]) for r in rows)
+
+    def forward(loss_fn):
+        params = [torch.tensor(0.9, requires_grad=True) for _ in rows]
+        model_output, data = _micro_batch(rows, params, global_batch_size=len(rows))
+        loss, _ = loss_fn(model_output, _with_pg_fields(data, rows, tokens))
+        loss.backward()
+        return loss.detach(), torch.stack([p.grad for p in params])
+
+    hybrid = SGSDActorLoss(actor_config=actor_config, objective=ObjectiveConfig(), distill_coef=coef, hybrid=True)
+    grpo_loss, grpo_grad = forward(lambda mo, d: ppo_loss(actor_config, mo, d))
+    sgsd_only, sgsd_grad = forward(_loss_fn())
+    total, total_grad = forward(hybrid)
+    if coef == 0:
+        assert torch.equal(total, grpo_loss) and torch.equal(total_grad, grpo_grad)
+    else:
+        torch.testing.assert_close(total, grpo_loss + coef * sgsd_only)
+        torch.testing.assert_close(total_grad, grpo_grad + coef * sgsd_grad)

@@ -1,0 +1,82 @@
+"""Benchmark the teacher pass inside verl's real trainer on CPU; prints ratios from runs.
+
+1. Throughput: teacher-pass tokens/s divided by the SAME run's old-log-prob tokens/s
+   (``perf/total_num_tokens / timing_s/old_log_prob``), for the whole pass (retrieval,
+   prompt building, TransferQueue I/O, scoring) and for the scoring call alone.
+   Target >= 0.9: scoring K x B teacher sequences should run at the actor's own speed.
+2. Memory: the teacher pass's peak extra RSS in the actor worker at K=8 divided by K=1,
+   with a model whose vocabulary is Qwen3's (151,936 rows): scoring streams micro-batches,
+   so nothing allocates K x B x T x V logits. Target <= 1.3.
+
+    .venv/bin/python scripts/bench_teacher_pass.py [--steps 3] [--workdir outputs/bench_teacher_pass]
+
+Each run is a real ``recipe.sgsd.main_sgsd`` run (CPU backend, hf rollout); figures are the
+median over the steps after the first (which includes warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
+
+from recipe.sgsd.cpu_run import CPURun  # noqa: E402
+from sgsd.tiny_model import build_tiny_model  # noqa: E402
+
+QWEN3_VOCAB = 151_936
+
+
+def _median(steps: list[dict], key: str) -> float:
+    values = [s["data"][key] for s in steps[1:] or steps if key in s["data"]]
+    return statistics.median(values) if values else float("nan")
+
+
+def run_once(workdir: Path, model_dir: Path, top_k: int, steps: int) -> dict:
+    run = CPURun(workdir, steps=steps, top_k=top_k, model_dir=model_dir, env={"SGSD_PROBE_MEMORY": "1"},
+                 extra=["trainer.save_freq=-1"])
+    done = run.run(capture=True)
+    if done.returncode != 0:
+        raise SystemExit(f"training run K={top_k} failed:\n{done.stderr[-4000:]}")
+    metrics = run.metrics()
+    old_tps = _median(metrics, "perf/total_num_tokens") / _median(metrics, "timing_s/old_log_prob")
+    tokens = _median(metrics, "sgsd/teacher_tokens")
+    return {
+        "K": top_k,
+        "teacher_tokens": tokens,
+        "teacher_pass_tps": tokens / _median(metrics, "sgsd/teacher_pass_time"),
+        "teacher_scoring_tps": tokens / _median(metrics, "sgsd/teacher_scoring_time"),
+        "old_log_prob_tps": old_tps,
+        "teacher_peak_extra_mb": max(s["data"].get("sgsd/teacher_pass_peak_extra_mb", float("nan")) for s in metrics),
+        "retrieval_s": _median(metrics, "sgsd/retrieval_time"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--workdir", default="outputs/bench_teacher_pass")
+    args = parser.parse_args()
+    root = Path(args.workdir).resolve()
+    model_dir = root / "tiny_qwen3_vocab151936"
+    if not (model_dir / "config.json").exists():
+        build_tiny_model(model_dir, pad_vocab_to=QWEN3_VOCAB, initializer_range=0.3)
+    k8 = run_once(root / "k8", model_dir, 8, args.steps)
+    k1 = run_once(root / "k1", model_dir, 1, args.steps)
+    print(f"Teacher pass in verl's trainer on CPU (tiny Qwen3, vocab {QWEN3_VOCAB:,}, B=4, micro-batch 4)")
+    for r in (k8, k1):
+        print(f"  K={r['K']}: teacher tokens/step {r['teacher_tokens']:.0f}  pass {r['teacher_pass_tps']:.0f} tok/s  "
+              f"scoring {r['teacher_scoring_tps']:.0f} tok/s  old-log-prob {r['old_log_prob_tps']:.0f} tok/s  "
+              f"peak extra {r['teacher_peak_extra_mb']:.0f} MB  retrieval {r['retrieval_s']:.2f} s")
+    print(f"throughput ratio (K=8 run), whole teacher pass / old log-prob: "
+          f"{k8['teacher_pass_tps'] / k8['old_log_prob_tps']:.2f}   (target >= 0.9)")
+    print(f"throughput ratio (K=8 run), scoring call / old log-prob:      "
+          f"{k8['teacher_scoring_tps'] / k8['old_log_prob_tps']:.2f}")
+    print(f"peak memory ratio, teacher pass K=8 / K=1:                   "
+          f"{k8['teacher_peak_extra_mb'] / k1['teacher_peak_extra_mb']:.2f}   (target <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()
