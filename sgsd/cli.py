@@ -1,6 +1,7 @@
 """``sgsd`` command line: inspect banks, retrieve teachers, grade answers.
 
     sgsd bank inspect PATH [--json]
+    sgsd bank merge RAW.json --llm SPEC -o OUT.json [--group-size 32] [--patience 3]
     sgsd retrieve --bank PATH --problems FILE.jsonl [--top-k 8] [--encoder NAME_OR_PATH] [--json]
     sgsd grade --answer GOLD --response TEXT [--json]
 
@@ -47,6 +48,41 @@ def cmd_bank_inspect(args: argparse.Namespace) -> int:
     source = bank.metadata.get("source")
     if source:
         print(f"  source: {source}")
+    return 0
+
+
+def cmd_bank_merge(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sgsd import merge
+
+    checks = [(args.group_size >= 2, f"--group-size must be >= 2, got {args.group_size}"),
+              (args.patience >= 1, f"--patience must be >= 1, got {args.patience}"),
+              (args.max_layers >= 1, f"--max-layers must be >= 1, got {args.max_layers}"),
+              (args.max_new_tokens is None or args.max_new_tokens >= 1,
+               f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"),
+              (args.temperature is None or args.temperature >= 0,
+               f"--temperature must be >= 0, got {args.temperature}")]
+    for ok, message in checks:
+        if not ok:
+            raise CLIError(message)
+    raw = SkillBank.load(_resolve(args.raw, datasets.SKILL_BANKS, datasets.bank_path))
+    overrides = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    settings = dataclasses.replace(merge.DEFAULT_MERGE_SETTINGS, enable_thinking=args.thinking,
+                                   **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        client = merge.resolve_client(args.llm)  # looked up on the module: tests replace it
+    except (ImportError, ValueError, OSError) as exc:
+        raise CLIError(f"cannot create the LLM client {args.llm!r}: {exc}") from exc
+    bank = merge.merge_bank(raw, client, group_size=args.group_size, patience=args.patience,
+                            max_layers=args.max_layers, settings=settings, progress=not args.quiet)
+    try:
+        bank.save(args.output)
+    except OSError as exc:
+        raise CLIError(f"cannot write {args.output}: {exc}") from exc
+    meta = bank.metadata
+    print(f"{args.output}: general_skills {meta['input_general_skills']} -> {meta['output_general_skills']}, "
+          f"common_mistakes {meta['input_common_mistakes']} -> {meta['output_common_mistakes']}")
     return 0
 
 
@@ -103,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", help="bank JSON file (or a shipped bank name)")
     inspect.add_argument("--json", action="store_true", help="one JSON object on stdout")
     inspect.set_defaults(func=cmd_bank_inspect)
+    merge = bank_sub.add_parser("merge", help="hierarchically merge raw candidates into a bank (paper Alg. 3)")
+    merge.add_argument("raw", help="raw candidate bank JSON (same layout as a bank)")
+    merge.add_argument("--llm", required=True, help="skill-writer spec, resolved by sgsd.llm.factory.make_client")
+    merge.add_argument("-o", "--output", required=True, help="merged bank JSON to write (atomically)")
+    merge.add_argument("--group-size", type=int, default=32, help="items per merge call, H (default 32)")
+    merge.add_argument("--patience", type=int, default=3, help="stagnant layers before stopping, P (default 3)")
+    merge.add_argument("--max-layers", type=int, default=64, help="safety cap on layers (default 64)")
+    merge.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0.6)")
+    merge.add_argument("--max-new-tokens", type=int, default=None, help="tokens per reply (default 4096)")
+    merge.add_argument("--thinking", action="store_true", help="let the model think first (raise --max-new-tokens)")
+    merge.add_argument("--quiet", action="store_true", help="no progress bar")
+    merge.set_defaults(func=cmd_bank_merge)
 
     retrieve = sub.add_parser("retrieve", help="retrieve the teacher pairs of each problem")
     retrieve.add_argument("--bank", required=True, help="bank JSON file (or a shipped bank name)")

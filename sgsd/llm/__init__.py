@@ -1,0 +1,24 @@
+"""LLM clients for skill extraction and merging (one interface, several backends).
+
+Every backend module imports its heavy library (torch/transformers, vllm, httpx) inside
+its functions, so importing this package stays cheap.
+"""
+
+from sgsd.llm.base import Completion, GenerationSettings, LLMClient, LLMStats
+from sgsd.llm.factory import make_client
+from sgsd.llm.openai_client import OpenAICompatibleClient
+from sgsd.llm.scripted import ScriptedClient
+from sgsd.llm.transformers_client import TransformersClient
+from sgsd.llm.vllm_client import VLLMClient
+
+__all__ = [
+    "Completion",
+    "GenerationSettings",
+    "LLMClient",
+    "LLMStats",
+    "OpenAICompatibleClient",
+    "ScriptedClient",
+    "TransformersClient",
+    "VLLMClient",
+    "make_client",
+]

@@ -1,0 +1,71 @@
+"""The one interface every skill writer implements.
+
+The cold-start builder, the hierarchical merger and the online updater only ever call
+:meth:`LLMClient.generate` with a batch of chat prompts. A client never raises for a
+single failed request: it returns a :class:`Completion` with ``text=None`` and the error,
+and counts it in :attr:`LLMClient.stats`, so one bad request cannot crash a training run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Completion", "GenerationSettings", "LLMClient", "LLMStats"]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling settings of one batch (backends map them to their own names)."""
+
+    max_new_tokens: int = 2048
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = -1
+    enable_thinking: bool = False
+    timeout_s: float = 300.0  # per request
+    max_retries: int = 2  # per request, on transient errors only
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One reply: ``text`` is None when the request failed for good (see ``error``)."""
+
+    text: str | None
+    error: str | None = None
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.text is not None
+
+
+@dataclass
+class LLMStats:
+    """Running counts of one client (reported in bank metadata and training metrics)."""
+
+    requests: int = 0
+    failures: int = 0
+    retries: int = 0
+    timeouts: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def record_failure(self, kind: str) -> None:
+        self.failures += 1
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+@runtime_checkable
+class LLMClient(Protocol):
+    """``generate(prompts)`` -> one :class:`Completion` per prompt, in order.
+
+    Each prompt is a user message; the client applies the model's chat template (with
+    ``settings.enable_thinking``) where the backend needs it.
+    """
+
+    name: str
+    stats: LLMStats
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[Completion]: ...
