@@ -1,0 +1,209 @@
+"""Online skill-bank evolution (paper Alg. 4, App. C.4), as a pure function of a window.
+
+Every ``freq`` steps the trainer hands :meth:`SkillUpdater.update` the rollout records
+gathered since the last update. If the window's success rate is at least ``gamma`` the
+update is skipped. Otherwise successes are summarised into new general skills and
+failures into new common mistakes (the Tab. 7/8 prompts), each collection's candidates
+are merged (Alg. 3), candidates that repeat an item already in the bank are dropped, at
+most ``max_new_items`` survive per collection, and they join the bank as DYNAMIC items
+with stable ids (``gen_dyn_0001``...; existing ids never change). Each collection keeps
+at most ``capacity`` dynamic items: beyond it the oldest dynamic items are pruned.
+Static (cold-start) items are never touched.
+
+Nothing here raises for a bad model reply: an update whose calls fail or whose replies
+cannot be parsed adds nothing, and the bank is returned as it was, with the counts in
+the report.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sgsd.bank import CommonMistake, GeneralSkill, SkillBank
+from sgsd.llm.base import GenerationSettings, LLMClient
+from sgsd.merge import hierarchical_merge
+from sgsd.parsing import parse_items
+from sgsd.records import RolloutRecord
+from sgsd.skill_prompts import extraction_prompt
+
+__all__ = ["UpdateConfig", "UpdateReport", "SkillUpdater", "memory_record"]
+
+_KIND_OF = {True: "general_skills", False: "common_mistakes"}
+_DYN_PREFIX = {"general_skills": "gen_dyn_", "common_mistakes": "err_dyn_"}
+_ITEM_CLASS = {"general_skills": GeneralSkill, "common_mistakes": CommonMistake}
+_DYN_ID = re.compile(r"^(?:gen|err)_dyn_(\d+)$")
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    success_threshold: float = 0.8  # gamma: skip when the window is already this good
+    max_new_items: int = 5  # N, per collection and update
+    capacity: int = 30  # C, dynamic items per collection
+    max_memories: int = 32  # extraction requests per kind and update (sampled from the window)
+    max_completion_chars: int = 6000  # a memory's completion is cut to this (keeps prompts bounded)
+    seed: int = 0
+    merge_group_size: int = 32
+    merge_patience: int = 3
+    settings: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=2048,
+                                                                                    temperature=0.6))
+
+
+@dataclass
+class UpdateReport:
+    """What one update did (logged as ``sgsd/update/*`` metrics and kept in bank metadata)."""
+
+    step: int
+    applied: bool
+    skipped_reason: str | None = None
+    window: int = 0
+    success_rate: float = 0.0
+    requests: int = 0
+    request_failures: int = 0
+    parse_failures: int = 0
+    candidates: dict[str, int] = field(default_factory=dict)
+    added: dict[str, int] = field(default_factory=dict)
+    pruned: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        out = {
+            "sgsd/update/applied": float(self.applied),
+            "sgsd/update/skipped": float(not self.applied),
+            "sgsd/update/window": float(self.window),
+            "sgsd/update/success_rate": self.success_rate,
+            "sgsd/update/requests": float(self.requests),
+            "sgsd/update/request_failures": float(self.request_failures),
+            "sgsd/update/parse_failures": float(self.parse_failures),
+            "sgsd/update/seconds": self.seconds,
+        }
+        for name in ("added", "pruned", "candidates"):
+            for kind, value in getattr(self, name).items():
+                out[f"sgsd/update/{name}_{kind}"] = float(value)
+        return out
+
+
+def memory_record(record: RolloutRecord, max_chars: int) -> dict[str, Any]:
+    """A memory (paper Alg. 2: problem, completion, reward, answers, feedback) from a rollout."""
+    from sgsd.verifier import extract_boxed
+
+    completion = record.response if len(record.response) <= max_chars else (
+        record.response[: max_chars // 2] + "\n...\n" + record.response[-max_chars // 2:])
+    predicted = extract_boxed(record.response)
+    feedback = ("The final answer matches the reference." if record.success else
+                "No final \\boxed{} answer was given." if predicted is None else
+                "The final answer does not match the reference.")
+    return {"problem": record.problem, "completion": completion, "reward": record.reward,
+            "predicted_answer": predicted, "reference_answer": record.answer, "feedback": feedback}
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+class SkillUpdater:
+    """Alg. 4 with an injected skill writer (any :class:`sgsd.llm.LLMClient`)."""
+
+    def __init__(self, client: LLMClient, config: UpdateConfig = UpdateConfig()) -> None:
+        self.client = client
+        self.config = config
+
+    def update(self, bank: SkillBank, window: Sequence[RolloutRecord], step: int) -> tuple[SkillBank, UpdateReport]:
+        start = time.perf_counter()
+        report = UpdateReport(step=step, applied=False, window=len(window))
+        records = [r for r in window if r.problem]
+        if not records:
+            report.skipped_reason = "empty_window"
+            return bank, self._done(report, start)
+        report.success_rate = sum(r.success for r in records) / len(records)
+        if report.success_rate >= self.config.success_threshold:
+            report.skipped_reason = "success_rate_above_threshold"
+            return bank, self._done(report, start)
+
+        rng = random.Random(self.config.seed + step)
+        new_bank = bank
+        for success, kind in _KIND_OF.items():
+            pool = [r for r in records if r.success == success]
+            if len(pool) > self.config.max_memories:
+                pool = rng.sample(pool, self.config.max_memories)
+            candidates = self._extract(pool, kind, report)
+            report.candidates[kind] = len(candidates)
+            new_bank = self._admit(new_bank, kind, candidates, step, report)
+        report.applied = any(report.added.values()) or any(report.pruned.values())
+        if not report.applied:
+            report.skipped_reason = "no_new_items"
+            return bank, self._done(report, start)
+        return new_bank, self._done(report, start)
+
+    def _extract(self, pool: Sequence[RolloutRecord], kind: str, report: UpdateReport) -> list[dict[str, str]]:
+        if not pool:
+            return []
+        prompts = [extraction_prompt(memory_record(r, self.config.max_completion_chars), kind) for r in pool]
+        replies = self.client.generate(prompts, self.config.settings)
+        report.requests += len(prompts)
+        items: list[dict[str, str]] = []
+        for reply in replies:
+            if reply.text is None:
+                report.request_failures += 1
+                continue
+            parsed = parse_items(reply.text, kind)
+            if not parsed.items:
+                report.parse_failures += 1
+            items.extend(parsed.items[:3])  # "up to three" per memory (Alg. 2)
+        if len(items) > 1:
+            merged = hierarchical_merge(items, kind, self.client, group_size=self.config.merge_group_size,
+                                        patience=self.config.merge_patience, settings=self.config.settings,
+                                        progress=False)
+            report.requests += merged.requests
+            report.request_failures += merged.request_failures
+            report.parse_failures += merged.parse_failures
+            items = [_fields(it, kind) for it in merged.items]
+        return items
+
+    def _admit(self, bank: SkillBank, kind: str, candidates: list[dict[str, str]], step: int,
+               report: UpdateReport) -> SkillBank:
+        existing = list(bank.items(kind))
+        cls = _ITEM_CLASS[kind]
+        seen = {tuple(_norm(v) for v in _fields(it, kind).values()) for it in existing}
+        next_id = 1 + max((int(m.group(1)) for it in existing if (m := _DYN_ID.match(it.item_id))), default=0)
+        added = []
+        for cand in candidates:
+            key = tuple(_norm(v) for v in cand.values())
+            if key in seen or len(added) >= self.config.max_new_items:
+                continue
+            seen.add(key)
+            added.append(cls(f"{_DYN_PREFIX[kind]}{next_id:04d}", **cand, origin="dynamic",
+                             extra={"created_step": step}))
+            next_id += 1
+        items = existing + added
+        dynamic = [it for it in items if it.origin == "dynamic"]
+        overflow = max(len(dynamic) - self.config.capacity, 0)
+        pruned_ids = {it.item_id for it in dynamic[:overflow]}  # oldest first (items keep their order)
+        items = [it for it in items if it.item_id not in pruned_ids]
+        report.added[kind] = len(added)
+        report.pruned[kind] = len(pruned_ids)
+        if not added and not pruned_ids:
+            return bank
+        return bank.with_items(**{kind: items})
+
+    def _done(self, report: UpdateReport, start: float) -> UpdateReport:
+        report.seconds = time.perf_counter() - start
+        return report
+
+
+def _fields(item: Any, kind: str) -> dict[str, str]:
+    names = GeneralSkill.TEXT_FIELDS if kind == "general_skills" else CommonMistake.TEXT_FIELDS
+    if isinstance(item, dict):
+        return {n: item[n] for n in names}
+    return {n: getattr(item, n) for n in names}
+
+
+def with_update_metadata(bank: SkillBank, report: UpdateReport, keep: int = 50) -> SkillBank:
+    """Append the report to ``metadata.online_updates`` (the last ``keep`` are kept)."""
+    history = list(bank.metadata.get("online_updates", []))[-(keep - 1):] if keep > 1 else []
+    history.append({k: v for k, v in replace(report).__dict__.items()})
+    return bank.with_items(metadata={**bank.metadata, "online_updates": history})

@@ -1,0 +1,108 @@
+"""Online bank evolution (Alg. 4) with a test-double skill writer: growth bounded by N
+and C, static items untouched, stable ids, failures leave the bank as it was."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sgsd.bank import SkillBank
+from sgsd.llm.base import Completion, LLMStats
+from sgsd.records import RolloutRecord
+from sgsd.updater import SkillUpdater, UpdateConfig, memory_record
+
+
+class Writer:
+    """Replies like a model: extraction -> 3 new items (LaTeX inside, thinking first);
+    merge -> the group unchanged. ``garbage=True`` answers nonsense to everything."""
+
+    name = "writer"
+
+    def __init__(self, garbage: bool = False):
+        self.stats = LLMStats()
+        self.garbage = garbage
+        self.calls = 0
+
+    def generate(self, prompts, settings=None):
+        out = []
+        for prompt in prompts:
+            self.calls += 1
+            if self.garbage:
+                out.append(Completion("<think>no idea</think> sorry"))
+            elif "general_skills" in prompt and "merge" not in prompt.lower()[:400]:
+                n = self.calls
+                items = [{"title": f"Skill {n}.{i}", "principle": f"Use \\frac{{a}}{{b}} carefully {n}.{i}",
+                          "when_to_apply": "fractions"} for i in range(3)]
+                out.append(Completion("<think>the answer \\boxed{2}</think>" + json.dumps({"general_skills": items})))
+            elif "common_mistakes" in prompt and "merge" not in prompt.lower()[:400]:
+                n = self.calls
+                items = [{"description": f"Mistake {n}.{i}", "why_it_happens": "rushing",
+                          "how_to_avoid": f"check step {n}.{i}"} for i in range(3)]
+                out.append(Completion(json.dumps({"common_mistakes": items})))
+            else:  # a merge request: echo the items it was given
+                start = prompt.index("[")
+                items, _ = json.JSONDecoder().raw_decode(prompt[start:])
+                key = "general_skills" if "title" in items[0] else "common_mistakes"
+                out.append(Completion(json.dumps({key: items})))
+        return out
+
+
+def _window(successes: int, failures: int, step: int = 1):
+    return ([RolloutRecord(f"ok problem {i}", f"so \\boxed{{{i}}}", 1.0, "math", step, str(i)) for i in range(successes)]
+            + [RolloutRecord(f"bad problem {i}", "I think \\boxed{0}", 0.0, "math", step, "1") for i in range(failures)])
+
+
+@pytest.fixture
+def bank(shipped_bank) -> SkillBank:
+    return shipped_bank.with_items(general_skills=shipped_bank.general_skills[:5],
+                                   common_mistakes=shipped_bank.common_mistakes[:5])
+
+
+def test_skip_when_the_window_already_succeeds(bank):
+    new, report = SkillUpdater(Writer()).update(bank, _window(9, 1), step=25)
+    assert new is bank and not report.applied and report.skipped_reason == "success_rate_above_threshold"
+    new, report = SkillUpdater(Writer()).update(bank, [], step=25)
+    assert new is bank and report.skipped_reason == "empty_window"
+
+
+def test_adds_at_most_n_dynamic_items_with_stable_ids_and_keeps_static_items(bank):
+    updater = SkillUpdater(Writer(), UpdateConfig(max_new_items=5, capacity=30))
+    new, report = updater.update(bank, _window(3, 4), step=25)
+    assert report.applied and report.added == {"general_skills": 5, "common_mistakes": 5}
+    counts = new.counts()
+    assert counts["general_skills"] == {"static": 5, "dynamic": 5, "total": 10}
+    assert new.general_skills[:5] == bank.general_skills[:5]  # static items untouched, in place
+    assert [s.skill_id for s in new.general_skills[5:]] == [f"gen_dyn_{i:04d}" for i in range(1, 6)]
+    assert all(s.extra["created_step"] == 25 for s in new.general_skills[5:])
+    # a second update continues the numbering; earlier dynamic ids do not move
+    newer, _ = updater.update(new, _window(3, 4, step=50), step=50)
+    assert [s.skill_id for s in newer.general_skills[5:10]] == [s.skill_id for s in new.general_skills[5:]]
+    assert newer.general_skills[10].skill_id == "gen_dyn_0006"
+
+
+def test_capacity_prunes_the_oldest_dynamic_items(bank):
+    updater = SkillUpdater(Writer(), UpdateConfig(max_new_items=5, capacity=7))
+    current = bank
+    for step in (25, 50, 75):
+        current, report = updater.update(current, _window(3, 4, step), step=step)
+    dynamic = [s for s in current.general_skills if s.origin == "dynamic"]
+    assert len(dynamic) == 7 and report.pruned["general_skills"] == 5
+    assert [s.skill_id for s in dynamic] == [f"gen_dyn_{i:04d}" for i in range(9, 16)]
+    assert current.counts()["general_skills"]["static"] == 5
+
+
+def test_unparseable_replies_leave_the_bank_as_it_was(bank):
+    new, report = SkillUpdater(Writer(garbage=True)).update(bank, _window(2, 6), step=25)
+    assert new is bank and not report.applied and report.skipped_reason == "no_new_items"
+    assert report.parse_failures == 8 and report.requests == 8
+
+
+def test_memory_record_fields():
+    rec = RolloutRecord("P", "x" * 100 + " \\boxed{7}", 0.0, "math", 3, "8")
+    memory = memory_record(rec, max_chars=40)
+    assert memory["predicted_answer"] == "7" and memory["reference_answer"] == "8"
+    assert memory["completion"] == "x" * 20 + "\n...\n" + rec.response[-20:]  # head and tail kept
+    assert memory["feedback"] == "The final answer does not match the reference."
+    unboxed = memory_record(RolloutRecord("P", "no answer", 0.0), max_chars=100)
+    assert unboxed["predicted_answer"] is None and unboxed["feedback"] == "No final \\boxed{} answer was given."
