@@ -95,6 +95,19 @@ def scatter_teacher_log_probs(
     return out
 
 
+def scoring_order(lengths: list[int], dp: int) -> list[int]:
+    """Scoring order of the teacher sequences (indices; some repeated as DP padding).
+
+    verl hands rank r the r-th contiguous chunk and cuts it into micro-batches in order.
+    Sorting longest-first and dealing round-robin gives every rank a similar token load
+    and micro-batches of similar lengths (little padding in an unpacked forward); the
+    list is padded with repeats of the shortest sequence to a multiple of ``dp``.
+    """
+    ranked = sorted(range(len(lengths)), key=lambda j: -lengths[j])
+    ranked += [ranked[-1]] * ((-len(ranked)) % dp)  # pad with the cheapest sequence
+    return [ranked[i] for r in range(dp) for i in range(r, len(ranked), dp)]
+
+
 def outcome_signs(rewards: torch.Tensor, threshold: float) -> torch.Tensor:
     """``+1`` where the verifier reward exceeds ``threshold``, else ``-1`` (decisions table)."""
     return torch.where(rewards > threshold, 1.0, -1.0)

@@ -29,7 +29,13 @@ from tensordict import TensorDict
 from recipe.sgsd import probe as memory_probe
 from recipe.sgsd.loss import SGSDActorLoss
 from recipe.sgsd.reward_hook import record_buffer
-from recipe.sgsd.teacher_pass import outcome_signs, plan_teachers, problem_text, scatter_teacher_log_probs
+from recipe.sgsd.teacher_pass import (
+    outcome_signs,
+    plan_teachers,
+    problem_text,
+    scatter_teacher_log_probs,
+    scoring_order,
+)
 from sgsd.bank import SkillBank
 from sgsd.config import SGSDConfig
 from sgsd.datasets import SKILL_BANKS, bank_path
@@ -183,9 +189,11 @@ class SGSDTrainer(PPOTrainerSync):
         """All teacher sequences through verl's log-prob call at once; response-aligned results."""
         if len(plan) == 0:
             return [], 0
+        order = scoring_order([len(p) + len(responses[o]) for p, o in zip(plan.prompt_ids, plan.owner)],
+                               self._teacher_dp_size())
         rows, tags = [], []
-        for owner, prompt_ids in zip(plan.owner, plan.prompt_ids):
-            prompt = torch.tensor(prompt_ids, dtype=torch.int64)
+        for j in order:
+            owner, prompt = plan.owner[j], torch.tensor(plan.prompt_ids[j], dtype=torch.int64)
             input_ids = torch.cat([prompt, responses[owner]])
             rows.append({
                 "prompts": prompt, "responses": responses[owner], "input_ids": input_ids,
@@ -194,11 +202,6 @@ class SGSDTrainer(PPOTrainerSync):
             })
             tags.append({"status": "success", "prompt_len": len(prompt), "response_len": len(responses[owner]),
                          "seq_len": len(input_ids)})
-        # verl splits the batch evenly over data-parallel ranks: pad with copies, dropped after.
-        dp = self._teacher_dp_size()
-        while len(rows) % dp:
-            rows.append(rows[len(rows) % len(plan)])
-            tags.append(dict(tags[len(tags) % len(plan)]))
         keys = [f"sgsd_t{self.global_steps}_{i}" for i in range(len(rows))]
         meta = tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=list_of_dict_to_tensordict(rows),
                                tags=tags)
@@ -220,10 +223,14 @@ class SGSDTrainer(PPOTrainerSync):
             if probe is not None:
                 self._last_teacher_peak_mb = probe.stop()
             out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"])
-            scored = list(response_from_nested(out["log_probs"], out["response_mask"]).unbind())[: len(plan)]
+            results = list(response_from_nested(out["log_probs"], out["response_mask"]).unbind())
+            scored: list[torch.Tensor | None] = [None] * len(plan)
+            for position, j in enumerate(order):
+                if scored[j] is None:  # later copies are the DP padding
+                    scored[j] = results[position]
         finally:
             tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
-        teacher_tokens = sum(t["seq_len"] for t in tags[: len(plan)])
+        teacher_tokens = sum(len(p) + len(responses[o]) for p, o in zip(plan.prompt_ids, plan.owner))
         return scored, teacher_tokens
 
     def _dump_teacher_pass(self, plan, scored, responses, student_lp, student_prompts) -> None:

@@ -78,3 +78,19 @@ def test_problem_text_from_extra_info_or_the_chat_prompt():
     assert problem_text(None, [{"role": "user", "content": "raw question"}]) == "raw question"
     with pytest.raises(ValueError, match="neither extra_info.problem nor a user message"):
         problem_text({}, [])
+
+
+@pytest.mark.parametrize("dp", [1, 2, 3])
+def test_scoring_order_balances_ranks_sorts_micro_batches_and_covers_every_sequence(dp):
+    from recipe.sgsd.teacher_pass import scoring_order
+
+    lengths = [5, 90, 40, 41, 300, 7, 88, 12, 150, 60, 61]
+    order = scoring_order(lengths, dp)
+    assert len(order) % dp == 0 and set(order) == set(range(len(lengths)))
+    assert len(order) - len(lengths) < dp  # only padding repeats
+    chunk = len(order) // dp
+    per_rank = [order[r * chunk:(r + 1) * chunk] for r in range(dp)]
+    for ids in per_rank:  # each rank's micro-batches see longest-first sequences
+        assert [lengths[j] for j in ids] == sorted((lengths[j] for j in ids), reverse=True)
+    loads = [sum(lengths[j] for j in ids) for ids in per_rank]
+    assert max(loads) - min(loads) <= max(lengths)
