@@ -42,6 +42,14 @@ def frozen_run(tmp_path_factory) -> CPURun:
     return _run(tmp_path_factory.mktemp("sgsd_frozen"), 2, "sgsd.teacher=frozen", "actor_rollout_ref.actor.optim.lr=1e-2")
 
 
+@pytest.fixture(scope="module")
+def frozen_lora_run(tmp_path_factory) -> CPURun:
+    # the hf rollout takes merged weights; the teacher is the actor with its adapter disabled
+    return _run(tmp_path_factory.mktemp("sgsd_frozen_lora"), 2, "sgsd.teacher=frozen",
+                "actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
+                "++actor_rollout_ref.model.lora.merge=true", "actor_rollout_ref.actor.optim.lr=5e-2")
+
+
 def _model(path: Path):
     from transformers import AutoModelForCausalLM
 
@@ -130,7 +138,10 @@ def test_the_loss_the_actor_computed_is_the_library_objective_on_the_teacher_pas
                 torch.testing.assert_close(mb["teacher"][b, k, :length].float(), entry[k].float())
 
 
-def test_frozen_teacher_scores_with_the_initial_weights_while_the_actor_moves(frozen_run):
+@pytest.mark.parametrize("run_name", ["frozen_run", "frozen_lora_run"])
+def test_frozen_teacher_scores_with_the_initial_weights_while_the_actor_moves(run_name, request):
+    """Separate reference model (full fine-tuning) and LoRA-disabled actor (LoRA)."""
+    frozen_run = request.getfixturevalue(run_name)
     model = _model(frozen_run.model_dir)
     dump = _dump(frozen_run, 2)  # after one update of the actor
     teacher_err = max(
