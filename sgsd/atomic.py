@@ -14,33 +14,43 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json"]
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder + rename)."""
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over
+    ``path``, on any exception (KeyboardInterrupt included) delete it. For writers that
+    need a file name (pyarrow, torch.save)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode(encoding)  # encode before touching the disk: an encode error writes nothing
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield Path(tmp_name)
+        with open(tmp_name, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException:
-        # BaseException: a KeyboardInterrupt mid-write must not leave the temp file behind.
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
         raise
     _fsync_dir(target.parent)
-    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder + rename)."""
+    data = text.encode(encoding)  # encode before touching the disk: an encode error writes nothing
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sgsd.atomic import atomic_path
 from sgsd.datasets import BENCHMARKS, Problem, ProblemFileError, benchmark_path, shipped_path
 from sgsd.prompts import student_prompt
 
@@ -135,23 +135,9 @@ def write_parquet(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
     if not rows:
         raise ValueError("no rows to write: a data file with no problems is a mistake")
     table = pa.Table.from_pylist(list(rows), schema=_schema())
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp_name)
-        with open(tmp_name, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        # BaseException: an interrupt mid-write must not leave the temp file behind either.
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return target
+    with atomic_path(path) as tmp:
+        pq.write_table(table, str(tmp))
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------- DAPO-Math-17k
