@@ -15,24 +15,11 @@ from typing import Any, get_args, get_origin, get_type_hints
 from sgsd.objective import ObjectiveConfig
 from sgsd.token_mask import TokenMaskConfig
 
-__all__ = ["ConfigError", "MaskSettings", "AblationSettings", "UpdateSettings", "SGSDConfig"]
+__all__ = ["ConfigError", "AblationSettings", "UpdateSettings", "SGSDConfig"]
 
 
 class ConfigError(ValueError):
     """An invalid ``sgsd.*`` setting; the message names the key."""
-
-
-@dataclass(frozen=True)
-class MaskSettings:
-    """Token classes removed from support and loss (``sgsd.mask.*``)."""
-
-    special: bool = True
-    chat_template: bool = True
-    think: bool = True
-    newline: bool = True
-
-    def to_token_mask_config(self) -> TokenMaskConfig:
-        return TokenMaskConfig(self.special, self.chat_template, self.think, self.newline)
 
 
 @dataclass(frozen=True)
@@ -92,7 +79,7 @@ class SGSDConfig:
     reference_answer_in_teacher: bool = False
     distill_coef: float = 1.0
     record_buffer_size: int = 8192
-    mask: MaskSettings = field(default_factory=MaskSettings)
+    mask: TokenMaskConfig = field(default_factory=TokenMaskConfig)  # sgsd.mask.*: token classes removed
     ablation: AblationSettings = field(default_factory=AblationSettings)
     update: UpdateSettings = field(default_factory=UpdateSettings)
 

@@ -79,7 +79,7 @@ class SGSDTrainer(PPOTrainerSync):
             SentenceTransformerEncoder(cfg.encoder, device=cfg.encoder_device), self.skill_bank,
             top_k=cfg.top_k, temperature=cfg.alpha_temperature,
         )
-        self.token_mask = TokenMaskBuilder(self.tokenizer, cfg.mask.to_token_mask_config())
+        self.token_mask = TokenMaskBuilder(self.tokenizer, cfg.mask)
         self.teacher_format = ChatFormat(enable_thinking=cfg.teacher_thinking,
                                          prefill_empty_think=cfg.prefill_empty_think)
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)

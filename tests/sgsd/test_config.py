@@ -22,7 +22,7 @@ def test_nested_values_and_int_to_float():
                                    "mask": {"newline": False}, "update": {"enable": True, "freq": 2}})
     assert cfg.tau == 2.0 and isinstance(cfg.tau, float)
     assert cfg.objective_config().use_polarity is False and cfg.objective_config().loss_type == "sampled_rkl"
-    assert cfg.mask.to_token_mask_config().newline is False
+    assert cfg.mask.newline is False
     assert cfg.update.enable and cfg.update.freq == 2
 
 
