@@ -11,7 +11,8 @@ File format (exactly what the original SGSD code released, paper Tab. 5)::
 
 This project writes a superset: an item may carry ``"origin": "dynamic"`` (added by the
 online updater; items without it are static cold-start entries that are never changed)
-and any further keys (e.g. utility statistics) are kept verbatim through load/save.
+and any further keys are kept verbatim through load/save. One of them is checked: an
+item's ``"utility"`` record (:mod:`sgsd.utility`) must map its known keys to numbers >= 0.
 
 Loading validates everything and raises :class:`BankError` with a message that names
 the file, the collection, the entry index, its id and the field. Saving is atomic
@@ -29,6 +30,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from sgsd.atomic import atomic_write_json
+from sgsd.utility import UTILITY_KEY, check_utility_record
 
 __all__ = [
     "BankError",
@@ -126,6 +128,11 @@ def _parse_item(cls: type[GeneralSkill] | type[CommonMistake], raw: Any, where: 
     origin = raw.get("origin", "static")
     if origin not in _ORIGINS:
         raise BankError(f"{where}: field 'origin' must be one of {_ORIGINS}, got {origin!r}")
+    if UTILITY_KEY in raw:
+        try:
+            check_utility_record(raw[UTILITY_KEY])
+        except ValueError as exc:
+            raise BankError(f"{where}: field '{UTILITY_KEY}': {exc}") from None
     known = {id_key, "origin", *cls.TEXT_FIELDS}
     extra = {k: v for k, v in raw.items() if k not in known}
     return cls(item_id.strip(), **values, origin=origin, extra=MappingProxyType(extra))
