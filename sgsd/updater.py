@@ -7,8 +7,12 @@ failures into new common mistakes (the Tab. 7/8 prompts), each collection's cand
 are merged (Alg. 3), candidates that repeat an item already in the bank are dropped, at
 most ``max_new_items`` survive per collection, and they join the bank as DYNAMIC items
 with stable ids (``gen_dyn_0001``...; existing ids never change). Each collection keeps
-at most ``capacity`` dynamic items: beyond it the oldest dynamic items are pruned.
-Static (cold-start) items are never touched.
+at most ``capacity`` dynamic items: beyond it the existing dynamic items with the lowest
+:func:`sgsd.utility.utility_score` are pruned first (ties: oldest first, so a bank
+without utility records is pruned by age). Items added by this very update are
+protected; at most ``capacity`` of them are admitted, so they never have to be pruned.
+Static (cold-start) items are never touched. The scores are the ones stored in the
+bank: a trainer applies its :class:`sgsd.utility.UtilityTracker` before updating.
 
 Nothing here raises for a bad model reply: an update whose calls fail or whose replies
 cannot be parsed adds nothing, and the bank is returned as it was, with the counts in
@@ -30,6 +34,7 @@ from sgsd.merge import hierarchical_merge
 from sgsd.parsing import parse_items
 from sgsd.records import RolloutRecord
 from sgsd.skill_prompts import extraction_prompt
+from sgsd.utility import utility_score
 
 __all__ = ["UpdateConfig", "UpdateReport", "SkillUpdater", "memory_record"]
 
@@ -68,6 +73,7 @@ class UpdateReport:
     candidates: dict[str, int] = field(default_factory=dict)
     added: dict[str, int] = field(default_factory=dict)
     pruned: dict[str, int] = field(default_factory=dict)
+    pruned_ids: dict[str, list[str]] = field(default_factory=dict)  # lowest utility first
     seconds: float = 0.0
 
     def metrics(self) -> dict[str, float]:
@@ -112,14 +118,22 @@ class SkillUpdater:
         self.client = client
         self.config = config
 
-    def update(self, bank: SkillBank, window: Sequence[RolloutRecord], step: int) -> tuple[SkillBank, UpdateReport]:
+    def update(self, bank: SkillBank, window: Sequence[RolloutRecord], step: int, *,
+               success_rate: float | None = None, window_size: int | None = None) -> tuple[SkillBank, UpdateReport]:
+        """One update on ``window``.
+
+        ``success_rate`` / ``window_size`` describe the whole window when ``window`` is only a
+        sample of it (:class:`sgsd.evolution.RecordWindow` keeps counts and a uniform sample);
+        by default they are computed from ``window`` itself.
+        """
         start = time.perf_counter()
-        report = UpdateReport(step=step, applied=False, window=len(window))
         records = [r for r in window if r.problem]
+        report = UpdateReport(step=step, applied=False, window=len(records) if window_size is None else window_size)
         if not records:
             report.skipped_reason = "empty_window"
             return bank, self._done(report, start)
-        report.success_rate = sum(r.success for r in records) / len(records)
+        report.success_rate = (sum(r.success for r in records) / len(records) if success_rate is None
+                               else float(success_rate))
         if report.success_rate >= self.config.success_threshold:
             report.skipped_reason = "success_rate_above_threshold"
             return bank, self._done(report, start)
@@ -170,23 +184,30 @@ class SkillUpdater:
         cls = _ITEM_CLASS[kind]
         seen = {tuple(_norm(v) for v in _fields(it, kind).values()) for it in existing}
         next_id = 1 + max((int(m.group(1)) for it in existing if (m := _DYN_ID.match(it.item_id))), default=0)
+        # New items are protected from pruning, so admitting more than C would only mint
+        # ids that are pruned at once: at most min(N, C) join.
+        max_new = max(min(self.config.max_new_items, self.config.capacity), 0)
         added = []
         for cand in candidates:
             key = tuple(_norm(v) for v in cand.values())
-            if key in seen or len(added) >= self.config.max_new_items:
+            if key in seen or len(added) >= max_new:
                 continue
             seen.add(key)
             added.append(cls(f"{_DYN_PREFIX[kind]}{next_id:04d}", **cand, origin="dynamic",
                              extra={"created_step": step}))
             next_id += 1
-        items = existing + added
-        dynamic = [it for it in items if it.origin == "dynamic"]
-        overflow = max(len(dynamic) - self.config.capacity, 0)
-        pruned_ids = {it.item_id for it in dynamic[:overflow]}  # oldest first (items keep their order)
-        items = [it for it in items if it.item_id not in pruned_ids]
+        # Candidates for pruning: the existing dynamic items, lowest utility first, then
+        # oldest first (bank order is age order: dynamic items are appended).
+        old_dynamic = [(utility_score(it), age, it.item_id) for age, it in enumerate(existing)
+                       if it.origin == "dynamic"]
+        overflow = max(len(old_dynamic) + len(added) - self.config.capacity, 0)
+        pruned = [item_id for _, _, item_id in sorted(old_dynamic)[:overflow]]
+        gone = set(pruned)
+        items = [it for it in existing if it.item_id not in gone] + added
         report.added[kind] = len(added)
-        report.pruned[kind] = len(pruned_ids)
-        if not added and not pruned_ids:
+        report.pruned[kind] = len(pruned)
+        report.pruned_ids[kind] = pruned
+        if not added and not pruned:
             return bank
         return bank.with_items(**{kind: items})
 

@@ -81,7 +81,7 @@ def test_adds_at_most_n_dynamic_items_with_stable_ids_and_keeps_static_items(ban
     assert newer.general_skills[10].skill_id == "gen_dyn_0006"
 
 
-def test_capacity_prunes_the_oldest_dynamic_items(bank):
+def test_without_utility_capacity_prunes_the_oldest_dynamic_items(bank):
     updater = SkillUpdater(Writer(), UpdateConfig(max_new_items=5, capacity=7))
     current = bank
     for step in (25, 50, 75):
@@ -90,6 +90,74 @@ def test_capacity_prunes_the_oldest_dynamic_items(bank):
     assert len(dynamic) == 7 and report.pruned["general_skills"] == 5
     assert [s.skill_id for s in dynamic] == [f"gen_dyn_{i:04d}" for i in range(9, 16)]
     assert current.counts()["general_skills"]["static"] == 5
+
+
+def _with_dynamic(bank: SkillBank, utilities: list[dict | None]) -> SkillBank:
+    """``bank`` plus dynamic skills gen_dyn_0001.. (oldest first) carrying the given utility records."""
+    data = bank.to_dict()
+    for i, utility in enumerate(utilities, start=1):
+        item = {"skill_id": f"gen_dyn_{i:04d}", "title": f"Old skill {i}", "principle": f"keep {i}",
+                "when_to_apply": "always", "origin": "dynamic", "created_step": i}
+        data["general_skills"].append(item | ({"utility": utility} if utility is not None else {}))
+    return SkillBank.from_dict(data)
+
+
+def _dynamic_ids(bank: SkillBank) -> list[str]:
+    return [s.skill_id for s in bank.general_skills if s.origin == "dynamic"]
+
+
+def test_capacity_prunes_the_lowest_utility_dynamic_items_first(bank):
+    good, bad = {"helpful": 4.0, "uses": 30}, {"misleading": 2.0, "uses": 16}
+    current = _with_dynamic(bank, [good, bad, None, {"over_suppressive": 0.5, "uses": 4}, good, good])
+    updater = SkillUpdater(Writer(), UpdateConfig(max_new_items=3, capacity=6))
+    new, report = updater.update(current, _window(3, 4), step=100)
+    # 6 old + 3 new = 9 > 6: the three lowest scores go, worst first (-0.667, -0.333, 0 = never used)
+    assert report.pruned["general_skills"] == 3
+    assert report.pruned_ids["general_skills"] == ["gen_dyn_0002", "gen_dyn_0004", "gen_dyn_0003"]
+    assert _dynamic_ids(new) == ["gen_dyn_0001", "gen_dyn_0005", "gen_dyn_0006",
+                                 "gen_dyn_0007", "gen_dyn_0008", "gen_dyn_0009"]
+    assert new.get("gen_dyn_0001").extra["utility"] == good  # survivors keep their record
+    assert report.metrics()["sgsd/update/pruned_general_skills"] == 3.0
+
+
+def test_equal_utility_is_pruned_oldest_first(bank):
+    same = {"helpful": 1.0, "misleading": 1.0, "uses": 8}  # score 0, like the unused item 3
+    current = _with_dynamic(bank, [{"helpful": 1.0, "uses": 8}, same, None, same])
+    new, report = SkillUpdater(Writer(), UpdateConfig(max_new_items=2, capacity=4)).update(
+        current, _window(3, 4), step=100)
+    assert report.pruned_ids["general_skills"] == ["gen_dyn_0002", "gen_dyn_0003"]
+    assert _dynamic_ids(new) == ["gen_dyn_0001", "gen_dyn_0004", "gen_dyn_0005", "gen_dyn_0006"]
+
+
+def test_new_items_are_protected_and_at_most_capacity_join(bank):
+    great = {"helpful": 50.0, "uses": 400}  # every old item outranks a new (unused, score 0) one
+    current = _with_dynamic(bank, [great] * 4)
+    new, report = SkillUpdater(Writer(), UpdateConfig(max_new_items=3, capacity=4)).update(
+        current, _window(3, 4), step=100)
+    assert report.added["general_skills"] == 3 and report.pruned_ids["general_skills"] == [
+        "gen_dyn_0001", "gen_dyn_0002", "gen_dyn_0003"]
+    assert _dynamic_ids(new) == ["gen_dyn_0004", "gen_dyn_0005", "gen_dyn_0006", "gen_dyn_0007"]
+    # capacity below N: only C new items are admitted (none minted just to be pruned), every old one goes
+    new, report = SkillUpdater(Writer(), UpdateConfig(max_new_items=5, capacity=2)).update(
+        current, _window(3, 4), step=100)
+    assert report.added["general_skills"] == 2 and report.pruned["general_skills"] == 4
+    assert _dynamic_ids(new) == ["gen_dyn_0005", "gen_dyn_0006"]
+
+
+def test_static_items_are_never_pruned_whatever_their_utility(bank):
+    data = bank.to_dict()
+    for item in data["general_skills"]:
+        item["utility"] = {"misleading": 100.0, "uses": 800}  # far below any dynamic item
+    current = _with_dynamic(SkillBank.from_dict(data), [None, None])
+    new, report = SkillUpdater(Writer(), UpdateConfig(max_new_items=3, capacity=3)).update(
+        current, _window(3, 4), step=100)
+    assert new.general_skills[:5] == current.general_skills[:5]
+    assert report.pruned_ids["general_skills"] == ["gen_dyn_0001", "gen_dyn_0002"]
+    assert new.counts()["general_skills"] == {"static": 5, "dynamic": 3, "total": 8}
+    # capacity 0 empties the dynamic subset and nothing else
+    new, report = SkillUpdater(Writer(), UpdateConfig(capacity=0)).update(current, _window(3, 4), step=100)
+    assert report.added["general_skills"] == 0 and report.pruned["general_skills"] == 2
+    assert new.general_skills == current.general_skills[:5]
 
 
 def test_unparseable_replies_leave_the_bank_as_it_was(bank):
