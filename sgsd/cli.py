@@ -1,7 +1,8 @@
 """``sgsd`` command line: inspect banks, retrieve teachers, grade answers.
 
-    sgsd bank inspect PATH [--json]
+    sgsd bank inspect PATH [--json] [--by-utility]
     sgsd bank merge RAW.json --llm SPEC -o OUT.json [--group-size 32] [--patience 3]
+    sgsd bank build --model SPEC --data DATA -o DIR [-n 256] [--seed 0]   (exit 1: nothing extracted)
     sgsd retrieve --bank PATH --problems FILE.jsonl [--top-k 8] [--encoder NAME_OR_PATH] [--json]
     sgsd grade --answer GOLD --response TEXT [--json]
 
@@ -37,10 +38,25 @@ def _resolve(value: str, shipped: Sequence[str], locate) -> Path:
 
 
 def cmd_bank_inspect(args: argparse.Namespace) -> int:
+    from sgsd.utility import CATEGORIES, PRIOR_WEIGHT, UTILITY_KEY, utility_of, utility_score
+
     bank = SkillBank.load(_resolve(args.path, datasets.SKILL_BANKS, datasets.bank_path))
     counts = bank.counts()
+    by_utility = getattr(args, "by_utility", False)
+    # Per-item utility is listed when the bank carries any (or when asked to rank by it).
+    listed = by_utility or any(UTILITY_KEY in it.extra for c in counts for it in bank.items(c))
+    rows: dict[str, list] = {}
+    for collection in counts if listed else ():
+        items = list(bank.items(collection))
+        if by_utility:
+            items.sort(key=utility_score, reverse=True)  # best first; the sort is stable: ties keep bank order
+        rows[collection] = [(it, utility_score(it), utility_of(it)) for it in items]
     if args.json:
-        print(json.dumps({"path": bank.source, "valid": True, **counts}))
+        report = {"path": bank.source, "valid": True, **counts}
+        if listed:
+            report["items"] = {c: [{"id": it.item_id, "origin": it.origin, "score": round(score, 6), **u}
+                                   for it, score, u in r] for c, r in rows.items()}
+        print(json.dumps(report))
         return 0
     print(f"{bank.source}: valid skill bank")
     for collection, c in counts.items():
@@ -48,6 +64,19 @@ def cmd_bank_inspect(args: argparse.Namespace) -> int:
     source = bank.metadata.get("source")
     if source:
         print(f"  source: {source}")
+    if rows:
+        print("  utility: alpha-weighted teacher categories; score = (helpful + warning - over_suppressive"
+              f" - misleading) / (total weight + {PRIOR_WEIGHT:g})")
+    for collection, r in rows.items():
+        print(f"  {collection}{', best first' if by_utility else ''}:")
+        width = max([len(it.item_id) for it, _, _ in r] + [2])
+        print(f"    {'id':{width}s} {'origin':7s} {'uses':>6s} {'score':>7s} "
+              + " ".join(f"{c[:10]:>10s}" for c in CATEGORIES) + "  text")
+        for it, score, u in r:
+            head = " ".join(getattr(it, it.TEXT_FIELDS[0]).split())
+            head = head if len(head) <= 60 else head[:57] + "..."
+            print(f"    {it.item_id:{width}s} {it.origin:7s} {int(u['uses']):6d} {score:+7.3f} "
+                  + " ".join(f"{u[c]:10.3f}" for c in CATEGORIES) + f"  {head}")
     return 0
 
 
@@ -83,6 +112,54 @@ def cmd_bank_merge(args: argparse.Namespace) -> int:
     meta = bank.metadata
     print(f"{args.output}: general_skills {meta['input_general_skills']} -> {meta['output_general_skills']}, "
           f"common_mistakes {meta['input_common_mistakes']} -> {meta['output_common_mistakes']}")
+    return 0
+
+
+def cmd_bank_build(args: argparse.Namespace) -> int:
+    """The cold-start build (paper Alg. 2, :mod:`sgsd.build`); 0: bank written, 1: nothing extracted."""
+    import dataclasses
+
+    from sgsd import build
+
+    def settings(base, max_new_tokens, temperature):
+        return dataclasses.replace(base, **{k: v for k, v in (("max_new_tokens", max_new_tokens),
+                                                              ("temperature", temperature)) if v is not None})
+
+    try:
+        config = build.BuildConfig(
+            num_problems=args.num_problems, seed=args.seed, batch_size=args.batch_size,
+            skills_per_success=args.skills_per_success, mistakes_per_failure=args.mistakes_per_failure,
+            group_size=args.group_size, patience=args.patience,
+            generation=settings(build.DEFAULT_GENERATION_SETTINGS, args.max_new_tokens, args.temperature),
+            extraction=settings(build.DEFAULT_EXTRACTION_SETTINGS, args.extract_max_new_tokens,
+                                args.writer_temperature),
+            merge=settings(build.DEFAULT_MERGE_SETTINGS, args.merge_max_new_tokens, args.writer_temperature))
+        result = build.build_bank(args.output, args.data, args.model, config=config, progress=not args.quiet)
+    except build.BuildError as exc:
+        raise CLIError(str(exc)) from None
+    except OSError as exc:
+        raise CLIError(f"cannot write {args.output}: {exc}") from None
+    except KeyboardInterrupt:
+        print(f"sgsd: interrupted; finished requests are saved in {args.output}: "
+              "rerun the same command to continue", file=sys.stderr)
+        return 130
+    c = result.metadata["counts"]
+    retry = c["pending_generations"] + c["pending_extractions"]
+    note = f"; {retry} failed requests: rerun the same command to retry them" if retry else ""
+    if result.bank is None:
+        what = (f"no skill or mistake could be extracted from {c['generated']} memories "
+                f"({c['extraction_parse_failures']} unparseable replies)" if c["generated"] else
+                "no solution could be generated")
+        print(f"sgsd: error: {what}{note}; memories and build.json are in {args.output}", file=sys.stderr)
+        return 1
+    done = "already complete, nothing to do: " if result.already_complete else ""
+    print(f"{done}{Path(args.output) / build.FILES['bank']}: {len(result.bank.general_skills)} general skills, "
+          f"{len(result.bank.common_mistakes)} common mistakes from {c['problems']} problems "
+          f"({c['successes']} solved, {c['failures']} failed){note}")
+    empty = [k for k in ("general_skills", "common_mistakes") if not result.bank.items(k)]
+    if empty:
+        print(f"sgsd: warning: the bank has no {' and no '.join(empty)}; SGSD needs at least one skill and one "
+              "mistake to form a teacher", file=sys.stderr)
     return 0
 
 
@@ -138,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = bank_sub.add_parser("inspect", help="validate a bank and count its items")
     inspect.add_argument("path", help="bank JSON file (or a shipped bank name)")
     inspect.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    inspect.add_argument("--by-utility", action="store_true",
+                         help="list every item with its training utility, best first (sgsd.utility)")
     inspect.set_defaults(func=cmd_bank_inspect)
     merge = bank_sub.add_parser("merge", help="hierarchically merge raw candidates into a bank (paper Alg. 3)")
     merge.add_argument("raw", help="raw candidate bank JSON (same layout as a bank)")
@@ -151,6 +230,26 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--thinking", action="store_true", help="let the model think first (raise --max-new-tokens)")
     merge.add_argument("--quiet", action="store_true", help="no progress bar")
     merge.set_defaults(func=cmd_bank_merge)
+    build = bank_sub.add_parser("build", help="build a cold-start bank from a model's own solutions (paper Alg. 2)")
+    build.add_argument("--model", required=True,
+                       help="model spec for sgsd.llm.factory.make_client, or a local model directory")
+    build.add_argument("--data", required=True, help="training problems: math_train, gsm8k or a JSONL/parquet path")
+    build.add_argument("-o", "--output", required=True, help="output directory (rerun the same command to resume)")
+    build.add_argument("-n", "--num-problems", type=int, default=256, help="problems to sample (default 256)")
+    build.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    build.add_argument("--batch-size", type=int, default=32, help="requests per call and per saved batch")
+    build.add_argument("--max-new-tokens", type=int, default=None, help="tokens per solution (default 4096)")
+    build.add_argument("--temperature", type=float, default=None, help="solution temperature (default 1.0)")
+    build.add_argument("--extract-max-new-tokens", type=int, default=None, help="tokens per extraction (default 2048)")
+    build.add_argument("--merge-max-new-tokens", type=int, default=None, help="tokens per merge reply (default 4096)")
+    build.add_argument("--writer-temperature", type=float, default=None,
+                       help="extraction and merge temperature (default 0.6)")
+    build.add_argument("--skills-per-success", type=int, default=3, help="general skills kept per success (3)")
+    build.add_argument("--mistakes-per-failure", type=int, default=3, help="common mistakes kept per failure (3)")
+    build.add_argument("--group-size", type=int, default=32, help="items per merge call, H (default 32)")
+    build.add_argument("--patience", type=int, default=3, help="stagnant merge layers before stopping, P (3)")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.set_defaults(func=cmd_bank_build)
 
     retrieve = sub.add_parser("retrieve", help="retrieve the teacher pairs of each problem")
     retrieve.add_argument("--bank", required=True, help="bank JSON file (or a shipped bank name)")
