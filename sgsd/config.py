@@ -40,15 +40,34 @@ class AblationSettings:
 class UpdateSettings:
     """Online bank evolution (``sgsd.update.*``, paper Alg. 4)."""
 
-    enable: bool = False
+    enable: bool = True
     freq: int = 25
     success_threshold: float = 0.8
     max_new_items: int = 5
     capacity: int = 30
     writer: str = "policy"
+    max_memories: int = 32
+    max_new_tokens: int = 2048
+    temperature: float = 0.6
+    top_p: float = 0.95
+    enable_thinking: bool = False
+    timeout_s: float = 600.0
+    max_completion_chars: int = 6000
+    seed: int = 0
+    track_utility: bool = True
 
     def __post_init__(self) -> None:
         _check("sgsd.update.freq", self.freq, self.freq >= 1, ">= 1")
+        _check("sgsd.update.max_memories", self.max_memories, self.max_memories >= 1, ">= 1")
+        _check("sgsd.update.max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, ">= 1")
+        _check("sgsd.update.temperature", self.temperature, self.temperature >= 0, ">= 0")
+        _check("sgsd.update.top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]")
+        _check("sgsd.update.timeout_s", self.timeout_s, self.timeout_s > 0, "> 0")
+        _check("sgsd.update.max_completion_chars", self.max_completion_chars, self.max_completion_chars >= 100,
+               ">= 100")
+        if not self.writer:
+            raise ConfigError("sgsd.update.writer is empty: 'policy' (the model being trained) or an LLM spec "
+                              "such as transformers:/path, vllm:NAME, openai:http://host/v1#MODEL")
         _check("sgsd.update.success_threshold", self.success_threshold, 0.0 <= self.success_threshold <= 1.0,
                "in [0, 1]")
         _check("sgsd.update.max_new_items", self.max_new_items, self.max_new_items >= 0, ">= 0")

@@ -3,7 +3,8 @@
 ``reward.reward_manager.name=sgsd`` selects :class:`SGSDRewardManager`, verl's naive
 reward manager plus one step: after scoring a trajectory it appends a
 :class:`sgsd.records.RolloutRecord` (problem, decoded response, reward, data source,
-step) to a named Ray actor holding a bounded :class:`sgsd.records.RecordBuffer`. Every
+step) to a named Ray actor holding a bounded :class:`sgsd.records.RecordBuffer`
+(validation rollouts — verl marks them ``validate`` — are not recorded). Every
 reward worker appends to the same actor; the trainer drains it. The append is awaited,
 so a record is stored before its trajectory reaches the trainer: nothing is lost
 between two reads.
@@ -65,12 +66,22 @@ class SGSDRewardManager(NaiveRewardManager):
     async def run_single(self, data) -> dict:
         result = await super().run_single(data)
         item = data[-1:][0]
+        if _is_validation(item.non_tensor_batch):  # validation rollouts are not training experience
+            return result
         response_ids = item.batch["responses"]
         valid = int(item.batch["attention_mask"][-response_ids.shape[-1]:].sum())
         response = self.tokenizer.decode(response_ids[:valid], skip_special_tokens=True)
         record = make_record(item.non_tensor_batch, response, float(result["reward_score"]))
         await self._buffer.extend.remote([record])
         return result
+
+
+def _is_validation(non_tensor: dict) -> bool:
+    flag = non_tensor.get("validate", False)
+    try:
+        return bool(flag)
+    except (TypeError, ValueError):  # an array-valued flag: validation if any element says so
+        return bool(getattr(flag, "any", lambda: False)())
 
 
 def make_record(non_tensor: dict, response: str, reward: float) -> RolloutRecord:

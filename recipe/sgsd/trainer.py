@@ -28,6 +28,7 @@ from tensordict import TensorDict
 
 from recipe.sgsd import probe as memory_probe
 from recipe.sgsd.loss import SGSDActorLoss
+from recipe.sgsd.policy_writer import PolicyWriterClient
 from recipe.sgsd.reward_hook import record_buffer
 from recipe.sgsd.teacher_pass import (
     outcome_signs,
@@ -39,10 +40,17 @@ from recipe.sgsd.teacher_pass import (
 from sgsd.bank import SkillBank
 from sgsd.config import SGSDConfig
 from sgsd.datasets import SKILL_BANKS, bank_path
+from sgsd.evolution import BankEvolution
+from sgsd.llm.base import GenerationSettings
+from sgsd.llm.factory import make_client
+from sgsd.objective import sgsd_objective
 from sgsd.prompts import ChatFormat
 from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
 from sgsd.token_mask import TokenMaskBuilder
+from sgsd.updater import SkillUpdater, UpdateConfig
+from sgsd.utility import UtilityTracker
 from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.utils.debug import marked_timer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
@@ -51,6 +59,7 @@ from verl.workers.utils.padding import response_from_nested
 logger = logging.getLogger(__name__)
 
 TEACHER_PARTITION = "sgsd_teacher"
+CHECKPOINT_SUBDIR = "sgsd"
 
 
 def resolve_bank_path(value: str) -> Path:
@@ -74,7 +83,7 @@ class SGSDTrainer(PPOTrainerSync):
     def on_init_end(self):
         super().on_init_end()
         cfg = self.sgsd_config
-        self.skill_bank = SkillBank.load(resolve_bank_path(cfg.bank_path), require_nonempty=True)
+        self.evolution = self._make_evolution()
         self.retriever = SkillRetriever(
             SentenceTransformerEncoder(cfg.encoder, device=cfg.encoder_device), self.skill_bank,
             top_k=cfg.top_k, temperature=cfg.alpha_temperature,
@@ -89,6 +98,112 @@ class SGSDTrainer(PPOTrainerSync):
         self.actor_rollout_wg.set_loss_fn(loss)
         logger.info("SGSD: bank %s (%s), K=%d, teacher=%s", self.skill_bank.source, self.skill_bank.counts(),
                     cfg.top_k, cfg.teacher)
+
+    # ----------------------------------------------------------------- the bank's life
+    @property
+    def skill_bank(self) -> SkillBank:
+        return self.evolution.bank
+
+    def _make_evolution(self) -> BankEvolution:
+        """The run's bank: restored from the checkpoint being resumed, else ``sgsd.bank_path``."""
+        cfg, up = self.sgsd_config, self.sgsd_config.update
+        bank = SkillBank.load(resolve_bank_path(cfg.bank_path), require_nonempty=True)
+        output_dir = Path(cfg.bank_output_dir or os.path.join(self.config.trainer.default_local_dir, "sgsd_bank"))
+        updater = None
+        if up.enable:
+            settings = GenerationSettings(max_new_tokens=up.max_new_tokens, temperature=up.temperature,
+                                          top_p=up.top_p, enable_thinking=up.enable_thinking, timeout_s=up.timeout_s)
+            updater = SkillUpdater(self._make_writer(), UpdateConfig(
+                success_threshold=up.success_threshold, max_new_items=up.max_new_items, capacity=up.capacity,
+                max_memories=up.max_memories, max_completion_chars=up.max_completion_chars, seed=up.seed,
+                settings=settings))
+        evolution = BankEvolution(bank, output_dir, updater=updater, freq=up.freq, max_memories=up.max_memories,
+                                  tracker=UtilityTracker() if up.track_utility else None, seed=up.seed)
+        resumed_from = getattr(self, "_sgsd_resume_folder", None)
+        if resumed_from is not None:
+            if evolution.load_checkpoint(Path(resumed_from) / CHECKPOINT_SUBDIR):
+                logger.info("SGSD: resumed the evolved bank from %s (%s)", resumed_from, evolution.bank.counts())
+            else:
+                logger.warning("SGSD: checkpoint %s has no SGSD bank state; starting from %s", resumed_from,
+                               cfg.bank_path)
+        evolution.prepare_output_dir(resuming=resumed_from is not None)
+        return evolution
+
+    def _make_writer(self):
+        spec = self.sgsd_config.update.writer
+        if spec != "policy":
+            return make_client(spec)
+        context = self.config.actor_rollout_ref.rollout.get("max_model_len") or self._model_context_length()
+        return PolicyWriterClient(self.get_llm_client(), self.tokenizer,
+                                  max_prompt_tokens=int(context) - 1 if context else None)
+
+    def _model_context_length(self) -> int | None:
+        """What a rollout server uses when ``rollout.max_model_len`` is unset: the model's own."""
+        from transformers import AutoConfig
+
+        model = self.config.actor_rollout_ref.model
+        try:
+            hf_config = AutoConfig.from_pretrained(model.path, trust_remote_code=model.get("trust_remote_code", False))
+        except Exception:  # the engine still rejects what does not fit; the request is then counted
+            return None
+        return getattr(hf_config, "max_position_embeddings", None)
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        self._sgsd_resume_folder = None
+        if self.global_steps > 0:
+            trainer = self.config.trainer
+            folder = (trainer.resume_from_path if trainer.resume_mode == "resume_path"
+                      else os.path.join(trainer.default_local_dir, f"global_step_{self.global_steps}"))
+            self._sgsd_resume_folder = os.path.abspath(folder)
+
+    def _save_checkpoint(self):
+        # The bank first: verl writes its "latest checkpointed iteration" marker last, so a
+        # checkpoint that verl would resume from always carries its bank.
+        folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+        self.evolution.flush()
+        self.evolution.save_checkpoint(Path(folder) / CHECKPOINT_SUBDIR)
+        super()._save_checkpoint()
+
+    def step(self, metrics, timing_raw):
+        batch = super().step(metrics, timing_raw)
+        with marked_timer("sgsd_bank", timing_raw, color="magenta"):
+            self._bank_step_end(metrics)
+        return batch
+
+    def on_validate_end(self):
+        super().on_validate_end()
+        # Validation rollouts pass through the same reward manager; in the synchronous
+        # trainer nothing else is generating now, so the buffer holds only theirs.
+        import ray
+
+        ray.get(self.record_buffer.drain.remote())
+
+    def _bank_step_end(self, metrics: dict) -> None:
+        """Window the step's rollouts; every ``sgsd.update.freq`` steps evolve the bank."""
+        import ray
+
+        records = ray.get(self.record_buffer.drain.remote())
+        self.evolution.add_records(records)
+        step = self.global_steps
+        if self.evolution.due(step):
+            policy_writer = self.sgsd_config.update.writer == "policy"
+            if policy_writer:  # the writer is the policy of this step: push the weights, wake the replicas
+                self.checkpoint_manager.update_weights(step)
+            try:
+                changed, update_metrics = self.evolution.update(step)
+            finally:
+                if policy_writer:  # verl's own step end syncs and wakes them again as usual
+                    self.checkpoint_manager.sleep_replicas()
+            metrics.update(update_metrics)
+            if changed:
+                encoded = self.retriever.set_bank(self.skill_bank)
+                metrics["sgsd/update/items_encoded"] = float(encoded)
+        if step >= self.total_training_steps:
+            self.evolution.flush()  # the tracked utility of the last steps reaches bank.json
+        metrics.update(self.evolution.metrics())
+        stats = ray.get(self.record_buffer.stats.remote())
+        metrics["sgsd/record_buffer_dropped"] = float(stats["dropped"])
 
     # ----------------------------------------------------------------- the step
     @contextmanager
@@ -183,7 +298,36 @@ class SGSDTrainer(PPOTrainerSync):
             "sgsd/bank_general_skills": float(len(self.skill_bank.general_skills)),
             "sgsd/bank_common_mistakes": float(len(self.skill_bank.common_mistakes)),
         })
+        if self.evolution.tracker is not None:
+            self._observe_utility(retrievals, teacher_lp, student_lp, token_mask, response_masks, plan.alpha,
+                                  fields["sgsd_outcome_sign"])
         return batch
+
+    def _observe_utility(self, retrievals, teacher_lp, student_lp, token_mask, response_masks, alpha, sign) -> None:
+        """Credit each retrieved item with its teacher's polarity category (alpha-weighted).
+
+        Support is decided exactly as the loss decides it (same function, same config), on
+        the rollout-time log-probs; the first mini-batch of an on-policy update sees the same.
+        """
+        if not retrievals:
+            return
+        width = max(len(t) for t in student_lp)
+        pad = lambda rows, value: torch.nn.utils.rnn.pad_sequence(  # noqa: E731
+            [r.float() for r in rows], batch_first=True, padding_value=value)[:, :width]
+        response_mask = pad(response_masks, 0.0)
+        with torch.no_grad():
+            out = sgsd_objective(pad(student_lp, 0.0), pad(teacher_lp, 0.0).transpose(1, 2),
+                                 pad(token_mask, 0.0) * response_mask, alpha, sign,
+                                 self.sgsd_config.objective_config(), response_mask=response_mask)
+        k = self.sgsd_config.top_k
+        skill_ids = [[None] * k for _ in retrievals]
+        mistake_ids = [[None] * k for _ in retrievals]
+        for row, retrieval in enumerate(retrievals):
+            for pair in retrieval.teachers[:k]:
+                skill_ids[row][pair.rank] = pair.skill.skill_id
+                mistake_ids[row][pair.rank] = pair.mistake.mistake_id
+        threshold = self.sgsd_config.threshold if self.sgsd_config.ablation.use_threshold else 0.0
+        self.evolution.tracker.observe(skill_ids, mistake_ids, out.support, alpha, sign, threshold)
 
     def _score_teachers(self, plan, responses, response_masks) -> tuple[list[torch.Tensor], int]:
         """All teacher sequences through verl's log-prob call at once; response-aligned results."""

@@ -1,0 +1,149 @@
+"""Online bank evolution inside verl 0.9.1's real trainer on CPU (issue 4, section 6).
+
+* the policy itself writes skills through verl's rollout server (whatever the random tiny
+  model writes is parsed or counted; the bank stays valid; validation rollouts stay out
+  of the window);
+* a well-behaved writer behind an OpenAI-compatible endpoint: the bank grows by at most
+  N per update and never beyond C, static items stay, snapshots are written, retrieval
+  sees the new items at the next step, and a resumed run starts from the evolved bank.
+
+Rewards come from ``tests/alternating_reward.py`` (even dataset index = success), so
+every window holds both successes and failures whatever the random model writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recipe.sgsd.cpu_run import CPURun
+from sgsd.bank import SkillBank
+from sgsd.utility import utility_of
+from tests.skill_writer import WriterServer
+
+pytestmark = pytest.mark.slow
+
+REWARD = ["reward.custom_reward_function.path=pkg://tests.alternating_reward",
+          "reward.custom_reward_function.name=compute_score"]
+
+
+def _skip_on_gpu() -> None:
+    from recipe.sgsd.cpu_backend import gpu_present
+
+    if gpu_present():
+        pytest.skip("the CPU backend stays off on GPU machines")
+
+
+def _run(run: CPURun) -> CPURun:
+    done = run.run(capture=True, timeout=1200)
+    assert done.returncode == 0, (done.stdout[-5000:], done.stderr[-5000:])
+    return run
+
+
+def _by_step(run: CPURun) -> dict[int, dict]:
+    return {s["step"]: s["data"] for s in run.metrics()}
+
+
+def _small_bank(shipped_bank, path: Path) -> Path:
+    """One static skill and one static mistake: one teacher per problem until the bank grows."""
+    shipped_bank.with_items(general_skills=shipped_bank.general_skills[:1],
+                            common_mistakes=shipped_bank.common_mistakes[:1]).save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- the policy writes
+@pytest.fixture(scope="module")
+def policy_run(tmp_path_factory) -> CPURun:
+    _skip_on_gpu()
+    workdir = tmp_path_factory.mktemp("sgsd_policy_writer")
+    return _run(CPURun(workdir, steps=2, extra=[
+        *REWARD, "sgsd.update.enable=true", "sgsd.update.freq=2", "sgsd.update.writer=policy",
+        "sgsd.update.max_memories=2", "sgsd.update.max_new_tokens=24", "sgsd.update.max_completion_chars=400",
+        "trainer.test_freq=1",  # a validation pass after step 1: its rollouts must not enter the window
+    ]))
+
+
+def test_the_policy_writes_through_the_rollout_server_and_every_reply_is_counted(policy_run, shipped_bank):
+    steps = _by_step(policy_run)
+    assert sorted(steps) == [1, 2]
+    update = steps[2]
+    assert "sgsd/update/requests" not in steps[1]  # updates only every freq steps
+    # 2 steps x 4 training rollouts; the 4 validation rollouts after step 1 are not in it
+    assert update["sgsd/update/window"] == 8
+    assert update["sgsd/update/success_rate"] == pytest.approx(0.5)
+    # 2 successes + 2 failures sampled -> 4 extraction requests (+ merges if anything parsed)
+    assert update["sgsd/update/requests"] >= 4
+    assert update["sgsd/update/request_failures"] == 0  # the rollout server answered every one
+    assert update["sgsd/update/failed"] == 0.0
+    # the random model's replies: either parsed into items or counted as parse failures
+    parsed_or_counted = update["sgsd/update/parse_failures"] + update.get("sgsd/update/candidates_general_skills", 0)
+    assert parsed_or_counted >= 1
+    saved = SkillBank.load(policy_run.checkpoint_dir / "global_step_2" / "sgsd" / "bank.json",
+                           require_nonempty=True)
+    for kind in ("general_skills", "common_mistakes"):  # static items untouched, whatever was written
+        assert [it for it in saved.items(kind) if it.origin != "dynamic"] == list(shipped_bank.items(kind))
+    latest = policy_run.checkpoint_dir / "sgsd_bank" / "bank.json"
+    assert SkillBank.load(latest).to_dict() == saved.to_dict()
+
+
+# ----------------------------------------------------------------------------- a good writer, resume
+@pytest.fixture(scope="module")
+def writer_runs(tmp_path_factory, shipped_bank):
+    _skip_on_gpu()
+    workdir = tmp_path_factory.mktemp("sgsd_evolution")
+    bank_file = _small_bank(shipped_bank, workdir / "small_bank.json")
+    with WriterServer() as server:
+        common = [*REWARD, f"sgsd.bank_path={bank_file}", "sgsd.update.enable=true", "sgsd.update.freq=2",
+                  f'sgsd.update.writer="openai:{server.base_url}#skill-writer"',  # quoted: ':' and '#' for Hydra
+                  "sgsd.update.max_new_items=2", "sgsd.update.capacity=3", "sgsd.update.max_memories=2",
+                  "trainer.save_freq=2"]
+        first = _run(CPURun(workdir, steps=4, extra=common))
+        first_metrics = _by_step(first)
+        requests_first = server.requests
+        second = _run(CPURun(workdir, steps=6, extra=common))  # resumes from global_step_4
+    return first, first_metrics, second, _by_step(second), bank_file, requests_first
+
+
+def test_bank_grows_by_at_most_n_never_beyond_c_static_items_stay(writer_runs):
+    first, steps, _, _, bank_file, requests = writer_runs
+    assert requests > 0
+    assert steps[2]["sgsd/update/applied"] == 1.0
+    assert steps[2]["sgsd/update/added_general_skills"] == 2 and steps[2]["sgsd/update/added_common_mistakes"] == 2
+    assert steps[2]["sgsd/bank/general_skills_dynamic"] == 2
+    assert steps[4]["sgsd/update/added_general_skills"] <= 2
+    assert steps[4]["sgsd/bank/general_skills_dynamic"] == 3 and steps[4]["sgsd/bank/common_mistakes_dynamic"] == 3
+    assert steps[4]["sgsd/update/pruned_general_skills"] == 1
+    initial = SkillBank.load(bank_file)
+    out = first.checkpoint_dir / "sgsd_bank"
+    for step in (2, 4):
+        snap = SkillBank.load(out / f"bank.step_{step:06d}.json")
+        assert snap.general_skills[0] == initial.general_skills[0]
+        assert snap.common_mistakes[0] == initial.common_mistakes[0]
+        assert snap.counts()["general_skills"]["static"] == 1
+
+
+def test_retrieval_sees_the_new_items_at_the_next_step(writer_runs):
+    first, steps, *_ = writer_runs
+    # 1 static pair -> 1 teacher; after the step-2 update 3 skills x 3 mistakes -> 3 teachers
+    assert steps[1]["sgsd/teachers_per_problem_retrieved"] == 1
+    assert steps[2]["sgsd/teachers_per_problem_retrieved"] == 1
+    assert steps[3]["sgsd/teachers_per_problem_retrieved"] == 3
+    assert steps[4]["sgsd/teachers_per_problem_retrieved"] == 3
+    # the new items were used as teachers, and their utility is in the checkpointed bank
+    saved = SkillBank.load(first.checkpoint_dir / "global_step_4" / "sgsd" / "bank.json")
+    used = [utility_of(s)["uses"] for s in saved.general_skills if s.origin == "dynamic"]
+    assert sum(used) > 0
+
+
+def test_a_resumed_run_starts_from_the_evolved_bank(writer_runs):
+    first, steps, second, resumed, *_ = writer_runs
+    assert sorted(resumed) == [5, 6]  # verl resumed from global_step_4
+    # 1 + 3 skills, 1 + 3 mistakes restored -> 4 teachers (top_k=4) from the first resumed step
+    assert resumed[5]["sgsd/teachers_per_problem_retrieved"] == 4
+    assert resumed[5]["sgsd/bank/general_skills_dynamic"] == 3
+    assert resumed[6]["sgsd/bank/general_skills_dynamic"] <= 3
+    out = second.checkpoint_dir / "sgsd_bank"
+    assert (out / "bank.step_000002.json").exists()  # resuming kept the first run's snapshots
+    assert (out / "bank.step_000006.json").exists()
+    assert not any(p.name.startswith("sgsd_bank.previous") for p in second.checkpoint_dir.iterdir())

@@ -1,0 +1,81 @@
+"""A well-behaved skill writer for tests: valid JSON, fresh items every request.
+
+``writer_reply(prompt, n)`` answers an extraction prompt (Tab. 7/8) with three new items
+whose texts carry the request number ``n`` (so no two requests repeat each other and the
+bank can grow), and a merge prompt (Tab. 9/10) with the group it was given. It wraps
+the JSON the way real models do (a thinking block with ``\\boxed{}`` first).
+
+``WriterServer`` serves the same replies as an OpenAI-compatible endpoint on 127.0.0.1,
+so a real training run can use it through ``sgsd.update.writer=openai:URL#MODEL``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MERGE_MARKERS = ("merge", "Merge", "MERGE")
+
+
+def _is_merge(prompt: str) -> bool:
+    return any(m in prompt[:600] for m in MERGE_MARKERS)
+
+
+def writer_reply(prompt: str, n: int) -> str:
+    if _is_merge(prompt):
+        start = prompt.index("[")
+        items, _ = json.JSONDecoder().raw_decode(prompt[start:])
+        key = "general_skills" if "title" in items[0] else "common_mistakes"
+        return json.dumps({key: items})
+    if '"common_mistakes"' in prompt:
+        items = [{"description": f"Mistake {n}.{i}: dropping a sign in \\frac{{a}}{{b}}",
+                  "why_it_happens": f"rushing step {n}.{i}", "how_to_avoid": f"recheck signs {n}.{i}"}
+                 for i in range(3)]
+        return "<think>they wrote \\boxed{0}</think>\n" + json.dumps({"common_mistakes": items})
+    items = [{"title": f"Skill {n}.{i}", "principle": f"Reduce \\frac{{a}}{{b}} before expanding ({n}.{i})",
+              "when_to_apply": f"rational expressions {n}.{i}"} for i in range(3)]
+    return "<think>the answer is \\boxed{2}</think>\n" + json.dumps({"general_skills": items})
+
+
+class WriterServer:
+    """``POST /v1/chat/completions`` answered by :func:`writer_reply` (a context manager)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server._lock:
+                    server.requests += 1
+                    n = server.requests
+                content = writer_reply(body["messages"][-1]["content"], n)
+                data = json.dumps({"choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": content}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    def __enter__(self) -> WriterServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
