@@ -113,6 +113,19 @@ class CPURun:
         return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
 
 
+# The demo shows one online bank update (Alg. 4) with the policy as its writer: every 2
+# steps, on a small sample, with a short reply budget (the random tiny model writes noise,
+# which the updater counts as parse failures; the bank stays valid).
+DEMO_OVERRIDES = ("sgsd.update.freq=2", "sgsd.update.max_memories=2", "sgsd.update.max_new_tokens=48",
+                  "sgsd.update.max_completion_chars=600")
+
+
+def demo_overrides(user: list[str]) -> list[str]:
+    """DEMO_OVERRIDES minus the keys the user set (Hydra refuses a key given twice)."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in user}
+    return [o for o in DEMO_OVERRIDES if o.split("=", 1)[0] not in given]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=os.environ.get("SGSD_CPU_WORKDIR", "outputs/sgsd_cpu"))
@@ -122,16 +135,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. sgsd.top_k=8")
     args = parser.parse_args(argv)
     n = args.rollout_n or (1 if args.estimator == "sgsd" else 4)
-    run = CPURun(Path(args.workdir).resolve(), steps=args.steps, estimator=args.estimator, rollout_n=n,
-                 extra=args.overrides)
+    extra = [*demo_overrides(args.overrides), *args.overrides] if args.estimator == "sgsd" else args.overrides
+    run = CPURun(Path(args.workdir).resolve(), steps=args.steps, estimator=args.estimator, rollout_n=n, extra=extra)
     done = run.run()
     if done.returncode != 0:
         print(f"[cpu_run] training failed with exit code {done.returncode}", file=sys.stderr)
         return done.returncode
     steps = run.metrics()
     last = steps[-1]["data"] if steps else {}
-    summary = {k: round(v, 4) for k, v in last.items() if k.startswith("sgsd/") and isinstance(v, (int, float))}
+    summary = {k: round(v, 4) for k, v in last.items()
+               if k.startswith("sgsd/") and not k.startswith(("sgsd/update/", "sgsd/utility/", "sgsd/bank/"))
+               and isinstance(v, (int, float))}
     print(f"[cpu_run] {len(steps)} steps done; last step sgsd/*: {json.dumps(summary)}")
+    updates = [s for s in steps if "sgsd/update/requests" in s["data"] or "sgsd/update/skipped" in s["data"]]
+    for s in updates:
+        d = s["data"]
+        print(f"[cpu_run] bank update at step {s['step']}: window {int(d.get('sgsd/update/window', 0))} rollouts, "
+              f"{int(d.get('sgsd/update/requests', 0))} writer requests, "
+              f"{int(d.get('sgsd/update/parse_failures', 0))} unparseable, applied={bool(d.get('sgsd/update/applied'))}")
+    if args.estimator == "sgsd":
+        print(f"[cpu_run] skill bank: {run.checkpoint_dir / 'sgsd_bank' / 'bank.json'}")
     print(f"[cpu_run] metrics file: {run.metrics_file}")
     return 0
 
