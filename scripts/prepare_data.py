@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="shuffle seed (default 0; needs --shuffle)")
     parser.add_argument("--language", choices=["en", "all"], default="en",
                         help="DAPO-Math-17k only: en = the English subset the paper trains on (default)")
+    parser.add_argument("--student-skills", metavar="BANK",
+                        help="GRPO+Skill / OPSD+Skill baselines: show each problem's retrieved skills and "
+                             "mistakes in the STUDENT prompt (a bank path or shipped name; training data only)")
+    parser.add_argument("--student-skills-top-k", type=int, default=8, help="pairs shown (default 8)")
+    parser.add_argument("--encoder", default="all-MiniLM-L6-v2", help="retrieval encoder for --student-skills")
     args = parser.parse_args(argv)
     if args.dataset is None and args.input is None:
         parser.error("give --dataset or --input")
@@ -92,6 +97,21 @@ def load(args: argparse.Namespace):
     return problems, name, split
 
 
+def student_guidance(problems, bank: str, top_k: int, encoder: str):
+    """Retrieved (skills, mistakes) per problem for the student prompt."""
+    from sgsd.bank import SkillBank
+    from sgsd.datasets import SKILL_BANKS, bank_path
+    from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
+    from sgsd.verl_data import retrieve_student_guidance
+
+    if top_k < 1:
+        raise ValueError(f"--student-skills-top-k must be >= 1, got {top_k}")
+    path = bank_path(bank) if not Path(bank).exists() and bank in SKILL_BANKS else Path(bank)
+    retriever = SkillRetriever(SentenceTransformerEncoder(encoder), SkillBank.load(path, require_nonempty=True),
+                               top_k=top_k)
+    return retrieve_student_guidance(problems, retriever)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -102,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             random.Random(0 if args.seed is None else args.seed).shuffle(problems)
         if args.limit is not None:
             problems = problems[:args.limit]
-        rows = to_verl_rows(problems, data_source, split)
+        guidance = None
+        if args.student_skills:
+            guidance = student_guidance(problems, args.student_skills, args.student_skills_top_k, args.encoder)
+        rows = to_verl_rows(problems, data_source, split, student_guidance=guidance)
         output = (args.output or DEFAULT_DIR / f"{data_source}.parquet").expanduser()
         write_parquet(rows, output)
     except (ProblemFileError, DatasetUnavailableError, ValueError, OSError) as exc:

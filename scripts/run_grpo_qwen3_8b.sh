@@ -13,12 +13,16 @@ set -xeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen3-8B}
+VARIANT=${VARIANT:-grpo}  # a baseline/ablation by name: python3 -m recipe.sgsd.variants list
+if [[ "$(python3 -m recipe.sgsd.variants show "$VARIANT" | sed -n 's/^student_skills=//p')" == 1 ]]; then
+    TRAIN_FILE=${TRAIN_FILE:-$HOME/data/sgsd/math_train_skills.parquet}  # skills in the student prompt
+fi
 TRAIN_FILE=${TRAIN_FILE:-$HOME/data/sgsd/math_train.parquet}
 VAL_FILE=${VAL_FILE:-$HOME/data/sgsd/aime24.parquet}
 NNODES=${NNODES:-1}
 N_GPUS_PER_NODE=${N_GPUS_PER_NODE:-8}   # the paper: eight A800s
 PROJECT_NAME=${PROJECT_NAME:-sgsd}
-EXPERIMENT_NAME=${EXPERIMENT_NAME:-grpo_qwen3_8b}
+EXPERIMENT_NAME=${EXPERIMENT_NAME:-${VARIANT}_qwen3_8b}
 
 # The paper: App. E.1 (every method), Tab. 11 (GRPO column: no top-p / top-k), Sec. 4.1.
 LORA_RANK=64
@@ -49,10 +53,12 @@ ROLLOUT_TP=1
 ROLLOUT_GPU_MEMORY=0.5
 
 verl_overrides
+variant_overrides grpo
 python3 -m recipe.sgsd.main_sgsd \
     algorithm.adv_estimator=grpo \
     "${VERL_OVERRIDES[@]}" \
     reward.custom_reward_function.path=pkg://sgsd.verifier \
     reward.custom_reward_function.name=compute_score \
     ++data.apply_chat_template_kwargs.enable_thinking=$STUDENT_THINKING \
+    "${VARIANT_OVERRIDES[@]}" \
     "$@"

@@ -14,13 +14,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen3-8B}
 BANK_PATH=${BANK_PATH:-qwen3_4b}  # no 8B bank ships; the paper builds one per model (Tab. 12)
+VARIANT=${VARIANT:-sgsd}  # a baseline/ablation by name: python3 -m recipe.sgsd.variants list
+if [[ "$(python3 -m recipe.sgsd.variants show "$VARIANT" | sed -n 's/^student_skills=//p')" == 1 ]]; then
+    TRAIN_FILE=${TRAIN_FILE:-$HOME/data/sgsd/math_train_skills.parquet}  # skills in the student prompt
+fi
 TRAIN_FILE=${TRAIN_FILE:-$HOME/data/sgsd/math_train.parquet}
 VAL_FILE=${VAL_FILE:-$HOME/data/sgsd/aime24.parquet}
 NNODES=${NNODES:-1}
 N_GPUS_PER_NODE=${N_GPUS_PER_NODE:-8}   # the paper: eight A800s
 ENCODER_DEVICE=${ENCODER_DEVICE:-cuda}  # the retriever, in the trainer process (cpu if it sees no GPU)
 PROJECT_NAME=${PROJECT_NAME:-sgsd}
-EXPERIMENT_NAME=${EXPERIMENT_NAME:-sgsd_qwen3_8b}
+EXPERIMENT_NAME=${EXPERIMENT_NAME:-${VARIANT}_qwen3_8b}
 
 # The paper: App. E.1 (every method), Tab. 11 (SGSD column), Tab. 12, Sec. 4.1.
 LORA_RANK=64
@@ -47,7 +51,9 @@ VAL_SAMPLES=12               # ...avg@12, temperature 1.0, top-p 0.95, no top-k 
 VAL_TEMPERATURE=1.0          # RESPONSE_LENGTH tokens here, not the paper's 38912)
 VAL_TOP_P=0.95
 VAL_TOP_K=-1
-SKILL_UPDATE=false           # the paper: on; not in the trainer yet, so off rather than ignored
+SKILL_UPDATE=${SKILL_UPDATE:-true}  # the paper's online evolution (Alg. 4); false = a fixed bank
+SKILL_WRITER=${SKILL_WRITER:-policy}  # the policy via verl's rollout server, or an LLM spec
+                             # (transformers:/path, vllm:NAME, openai:http://host:8000/v1#MODEL)
 UPDATE_FREQ=25
 UPDATE_SUCCESS=0.8
 UPDATE_MAX_NEW=5
@@ -63,9 +69,11 @@ ROLLOUT_TP=1
 ROLLOUT_GPU_MEMORY=0.5
 
 verl_overrides
+variant_overrides sgsd
 sgsd_overrides
 python3 -m recipe.sgsd.main_sgsd \
     algorithm.adv_estimator=sgsd \
     "${VERL_OVERRIDES[@]}" \
     "${SGSD_OVERRIDES[@]}" \
+    "${VARIANT_OVERRIDES[@]}" \
     "$@"

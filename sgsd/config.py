@@ -96,6 +96,7 @@ class SGSDConfig:
     logprob_temperature: float = 1.0
     max_teacher_prompt_length: int = 2048
     reference_answer_in_teacher: bool = False
+    teacher_context: str = "skills"
     distill_coef: float = 1.0
     record_buffer_size: int = 8192
     mask: TokenMaskConfig = field(default_factory=TokenMaskConfig)  # sgsd.mask.*: token classes removed
@@ -115,6 +116,7 @@ class SGSDConfig:
         _check("sgsd.distill_coef", self.distill_coef, self.distill_coef >= 0, ">= 0")
         _check("sgsd.record_buffer_size", self.record_buffer_size, self.record_buffer_size >= 1, ">= 1")
         _choice("sgsd.teacher", self.teacher, ("live", "frozen"))
+        _choice("sgsd.teacher_context", self.teacher_context, ("skills", "answer", "answer_skills"))
         if not self.bank_path:
             raise ConfigError("sgsd.bank_path is empty: give a skill bank JSON path or a shipped name (qwen3_1.7b)")
 

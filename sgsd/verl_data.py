@@ -27,7 +27,7 @@ from typing import Any
 
 from sgsd.atomic import atomic_path
 from sgsd.datasets import BENCHMARKS, Problem, ProblemFileError, benchmark_path, shipped_path
-from sgsd.prompts import student_prompt
+from sgsd.prompts import skill_student_prompt, student_prompt
 
 __all__ = [
     "DAPO_HUB_ID",
@@ -75,14 +75,23 @@ def shipped_set_path(name: str) -> Path:
     raise ValueError(f"unknown shipped set {name!r}; shipped: {', '.join(SHIPPED_SETS)}")
 
 
-def to_verl_rows(problems: Sequence[Problem], data_source: str, split: str) -> list[dict[str, Any]]:
+def to_verl_rows(problems: Sequence[Problem], data_source: str, split: str,
+                 student_guidance: Sequence[tuple[Sequence[Any], Sequence[Any]]] | None = None,
+                 ) -> list[dict[str, Any]]:
     """verl RL rows for ``problems`` (layout in the module docstring).
 
     A training row without an answer is an error (the verifier has nothing to grade
     against); a test row may lack one and gets an empty ground truth.
+
+    ``student_guidance``: per problem the (skills, mistakes) shown to the STUDENT
+    (:func:`sgsd.prompts.skill_student_prompt`) — the GRPO+Skill / OPSD+Skill baselines;
+    ``extra_info.problem`` stays the plain statement, so teachers and evaluation never see
+    the student's guidance. See :func:`retrieve_student_guidance`.
     """
     if not data_source:
         raise ValueError("data_source must be a non-empty string")
+    if student_guidance is not None and len(student_guidance) != len(problems):
+        raise ValueError(f"{len(problems)} problems but {len(student_guidance)} student guidance entries")
     rows = []
     for i, p in enumerate(problems):
         if not isinstance(p.problem, str) or not p.problem.strip():
@@ -93,7 +102,8 @@ def to_verl_rows(problems: Sequence[Problem], data_source: str, split: str) -> l
         solution = p.extra.get("solution")
         rows.append({
             "data_source": data_source,
-            "prompt": [{"role": "user", "content": student_prompt(p.problem)}],
+            "prompt": [{"role": "user", "content": student_prompt(p.problem) if student_guidance is None
+                        else skill_student_prompt(p.problem, *student_guidance[i])}],
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": answer},
             "extra_info": {
@@ -105,6 +115,13 @@ def to_verl_rows(problems: Sequence[Problem], data_source: str, split: str) -> l
             },
         })
     return rows
+
+
+def retrieve_student_guidance(problems: Sequence[Problem], retriever: Any) -> list[tuple[list, list]]:
+    """The top-K skills and top-K mistakes of each problem (one batched retrieval), for
+    ``to_verl_rows(..., student_guidance=...)``."""
+    found = retriever.retrieve([p.problem for p in problems])
+    return [([t.skill for t in r.teachers], [t.mistake for t in r.teachers]) for r in found]
 
 
 def _schema():

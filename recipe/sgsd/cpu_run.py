@@ -41,8 +41,21 @@ class CPURun:
     # A random model with Qwen3's init (0.02) is nearly blind to its prompt, so every
     # teacher would sit in the neutral zone; a wider init makes context matter.
     initializer_range: float = 0.3
+    variant: str | None = None  # a baseline/ablation of recipe.sgsd.variants (sets the estimator too)
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.variant is not None:
+            from recipe.sgsd.variants import get_variant
+
+            self.estimator = get_variant(self.variant).estimator
+
+    @property
+    def _student_skills(self) -> bool:
+        from recipe.sgsd.variants import get_variant
+
+        return self.variant is not None and get_variant(self.variant).student_skills
 
     @property
     def metrics_file(self) -> Path:
@@ -64,18 +77,38 @@ class CPURun:
             if not (self.model_dir / "config.json").exists():
                 build_tiny_model(self.model_dir, initializer_range=self.initializer_range)
         train = self.workdir / "data" / "train.parquet"
+        problems = load_problems(shipped_path("train", "math_train.jsonl"), require_answer=True)
         if not train.exists():
-            problems = load_problems(shipped_path("train", "math_train.jsonl"), require_answer=True)
             write_parquet(to_verl_rows(problems[: self.train_rows], "math", "train"), train)
             write_parquet(to_verl_rows(problems[self.train_rows: self.train_rows + self.batch_size], "math",
                                        "test"), self.workdir / "data" / "val.parquet")
+        skills_train = self.workdir / "data" / "train_skills.parquet"
+        if self._student_skills and not skills_train.exists():  # GRPO+Skill / OPSD+Skill
+            from sgsd.bank import SkillBank
+            from sgsd.datasets import bank_path
+            from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
+            from sgsd.verl_data import retrieve_student_guidance
+
+            retriever = SkillRetriever(SentenceTransformerEncoder(), SkillBank.load(bank_path("qwen3_1.7b")),
+                                       top_k=self.top_k)
+            rows = problems[: self.train_rows]
+            write_parquet(to_verl_rows(rows, "math", "train",
+                                       student_guidance=retrieve_student_guidance(rows, retriever)), skills_train)
 
     def overrides(self) -> list[str]:
         data = self.workdir / "data"
+        variant = ()
+        if self.variant is not None:
+            from recipe.sgsd.variants import get_variant
+
+            variant = get_variant(self.variant).overrides
+        train = data / ("train_skills.parquet" if self._student_skills else "train.parquet")
         return [
             f"algorithm.adv_estimator={self.estimator}",
-            f"data.train_files={data / 'train.parquet'}", f"data.val_files={data / 'val.parquet'}",
-            f"data.train_batch_size={self.batch_size}", "data.max_prompt_length=256",
+            f"data.train_files={train}", f"data.val_files={data / 'val.parquet'}",
+            f"data.train_batch_size={self.batch_size}",
+            # a student prompt that carries 4 skill-mistake pairs is ~1k tiny-tokenizer tokens
+            f"data.max_prompt_length={1536 if self._student_skills else 256}",
             f"data.max_response_length={self.response_length}", "data.shuffle=false",
             f"actor_rollout_ref.model.path={self.model_dir}",
             f"actor_rollout_ref.rollout.n={self.rollout_n}",
@@ -92,7 +125,7 @@ class CPURun:
             f"trainer.save_freq={self.steps}",
             "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
             f"sgsd.top_k={self.top_k}", "sgsd.max_teacher_prompt_length=768",
-            *self.extra,
+            *variant, *self.extra,
         ]
 
     def command(self) -> list[str]:

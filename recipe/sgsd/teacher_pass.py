@@ -43,14 +43,25 @@ def plan_teachers(
     top_k: int,
     max_prompt_tokens: int | None,
     reference_answers: Sequence[str | None] | None = None,
+    context: str = "skills",
 ) -> TeacherPlan:
     """Teacher prompt ids for every present (rollout, teacher) pair.
+
+    ``context`` (``sgsd.teacher_context``): ``skills`` — one teacher per retrieved
+    skill-mistake pair (SGSD; ``reference_answers`` adds the answer to each, Fig. 3d);
+    ``answer`` — ONE teacher that sees the reference answer (the OPSD baseline);
+    ``answer_skills`` — ONE teacher that sees the answer and every retrieved pair
+    (OPSD+Skill: what the student saw, plus the answer). Single-teacher plans are
+    ``[B, 1]`` wide with alpha 1.
 
     Rollouts of the same problem (``rollout.n > 1``) share their teachers' prompts, so each
     distinct prompt is rendered and tokenised once.
     """
     if len(problems) != len(retrievals):
         raise ValueError(f"{len(problems)} problems but {len(retrievals)} retrievals")
+    if context != "skills":
+        return _plan_answer_teachers(problems, retrievals, tokenizer, fmt, top_k, max_prompt_tokens,
+                                     reference_answers, with_skills=context == "answer_skills")
     plan = TeacherPlan(alpha=torch.zeros(len(problems), top_k))
     cache: dict[tuple, tuple[list[int], bool]] = {}
     for row, (problem, retrieval) in enumerate(zip(problems, retrievals)):
@@ -66,6 +77,36 @@ def plan_teachers(
             plan.prompt_ids.append(ids)
             plan.truncated += int(truncated)
             plan.alpha[row, pair.rank] = pair.alpha
+    return plan
+
+
+def _plan_answer_teachers(problems, retrievals, tokenizer, fmt, top_k, max_prompt_tokens, reference_answers,
+                          with_skills: bool) -> TeacherPlan:
+    if reference_answers is None:
+        raise ValueError("an answer-conditioned teacher needs the reference answers")
+    plan = TeacherPlan(alpha=torch.zeros(len(problems), 1))
+    cache: dict[tuple, tuple[list[int], bool]] = {}
+    for row, (problem, retrieval) in enumerate(zip(problems, retrievals)):
+        answer = reference_answers[row]
+        if not answer:
+            continue  # nothing to condition on: no teacher, no loss for this rollout
+        pairs = retrieval.teachers[:top_k] if with_skills else ()
+        key = (problem, answer, tuple((p.skill.skill_id, p.mistake.mistake_id) for p in pairs))
+        if key not in cache:
+            # Too long: drop the weakest pairs first; the answer (at the block's end) stays whole.
+            for n in range(len(pairs), -1, -1):
+                guidance = guidance_block([p.skill for p in pairs[:n]], [p.mistake for p in pairs[:n]],
+                                          reference_answer=answer)
+                ids, cut = teacher_prompt_ids(tokenizer, guidance, problem, fmt, max_prompt_tokens)
+                if not cut or n == 0:
+                    break
+            cache[key] = (ids, cut or n < len(pairs))
+        ids, truncated = cache[key]
+        plan.owner.append(row)
+        plan.slot.append(0)
+        plan.prompt_ids.append(ids)
+        plan.truncated += int(truncated)
+        plan.alpha[row, 0] = 1.0
     return plan
 
 

@@ -45,7 +45,7 @@ from sgsd.llm.base import GenerationSettings
 from sgsd.llm.factory import make_client
 from sgsd.objective import sgsd_objective
 from sgsd.prompts import ChatFormat
-from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
+from sgsd.retrieval import ProblemRetrieval, SentenceTransformerEncoder, SkillRetriever
 from sgsd.token_mask import TokenMaskBuilder
 from sgsd.updater import SkillUpdater, UpdateConfig
 from sgsd.utility import UtilityTracker
@@ -256,15 +256,18 @@ class SGSDTrainer(PPOTrainerSync):
         raw_prompts = _non_tensor_list(data, "raw_prompt", len(responses))
         problems = [problem_text(e, p) for e, p in zip(extra, raw_prompts)]
         answers = None
-        if cfg.reference_answer_in_teacher:
+        if cfg.reference_answer_in_teacher or cfg.teacher_context != "skills":
             answers = [str((rm or {}).get("ground_truth", "")) for rm in _non_tensor_list(data, "reward_model",
                                                                                          len(responses))]
 
         t0 = time.perf_counter()
-        retrievals = self.retriever.retrieve(problems)
+        if cfg.teacher_context == "answer":  # OPSD: the answer alone, nothing to retrieve
+            retrievals = [ProblemRetrieval(teachers=())] * len(problems)
+        else:
+            retrievals = self.retriever.retrieve(problems)
         retrieval_time = time.perf_counter() - t0
         plan = plan_teachers(problems, retrievals, self.tokenizer, self.teacher_format, cfg.top_k,
-                             cfg.max_teacher_prompt_length, answers)
+                             cfg.max_teacher_prompt_length, answers, context=cfg.teacher_context)
 
         t0 = time.perf_counter()
         scored, teacher_tokens = self._score_teachers(plan, responses, response_masks)
@@ -292,13 +295,13 @@ class SGSDTrainer(PPOTrainerSync):
             "sgsd/teacher_tokens_per_s": teacher_tokens / max(elapsed, 1e-9),
             "sgsd/teacher_scoring_time": scoring_time,
             "sgsd/teachers_per_problem_retrieved": n_teachers.mean().item(),
-            "sgsd/short_pool_problems": (n_teachers < cfg.top_k).float().mean().item(),
+            "sgsd/short_pool_problems": (n_teachers < plan.alpha.shape[1]).float().mean().item(),
             "sgsd/truncated_teacher_prompts": float(plan.truncated),
             "sgsd/success_rate": (rewards > cfg.outcome_threshold).float().mean().item(),
             "sgsd/bank_general_skills": float(len(self.skill_bank.general_skills)),
             "sgsd/bank_common_mistakes": float(len(self.skill_bank.common_mistakes)),
         })
-        if self.evolution.tracker is not None:
+        if self.evolution.tracker is not None and cfg.teacher_context == "skills":
             self._observe_utility(retrievals, teacher_lp, student_lp, token_mask, response_masks, plan.alpha,
                                   fields["sgsd_outcome_sign"])
         return batch

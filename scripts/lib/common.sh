@@ -92,9 +92,35 @@ sgsd_overrides() {
         sgsd.threshold="$THRESHOLD"
         sgsd.max_teacher_prompt_length="$TEACHER_PROMPT_LENGTH"
         sgsd.update.enable="$SKILL_UPDATE"
+        "sgsd.update.writer='$SKILL_WRITER'"  # quoted for Hydra: a spec holds ':' and '#'
         sgsd.update.freq="$UPDATE_FREQ"
         sgsd.update.success_threshold="$UPDATE_SUCCESS"
         sgsd.update.max_new_items="$UPDATE_MAX_NEW"
         sgsd.update.capacity="$UPDATE_CAPACITY"
     )
+}
+
+# VARIANT_OVERRIDES: a named baseline or ablation (recipe/sgsd/variants.py is the list:
+# `python3 -m recipe.sgsd.variants list`). $1 is the estimator this script runs; a variant of
+# the other estimator is refused, naming the script to use. Sets VARIANT_STUDENT_SKILLS=1 when
+# the variant trains on data with skills in the student prompt.
+variant_overrides() {
+    local info estimator
+    info="$(python3 -m recipe.sgsd.variants show "$VARIANT")"
+    estimator="$(sed -n 's/^estimator=//p' <<<"$info")"
+    VARIANT_STUDENT_SKILLS="$(sed -n 's/^student_skills=//p' <<<"$info")"
+    if [[ "$estimator" != "$1" ]]; then
+        echo "VARIANT=$VARIANT is a $estimator run: launch it with scripts/run_${estimator}_qwen3_8b.sh" >&2
+        return 2
+    fi
+    VARIANT_OVERRIDES=()
+    local line
+    while IFS= read -r line; do
+        [[ -n "$line" ]] && VARIANT_OVERRIDES+=("$line")
+    done < <(tail -n +4 <<<"$info")
+    if [[ "$VARIANT_STUDENT_SKILLS" == 1 && ! -e "$TRAIN_FILE" && "${SGSD_DRY_RUN:-0}" != 1 ]]; then
+        echo "VARIANT=$VARIANT trains with skills in the student prompt; write $TRAIN_FILE first:" >&2
+        echo "  python3 scripts/prepare_data.py --dataset math_train --student-skills BANK --output $TRAIN_FILE" >&2
+        return 2
+    fi
 }

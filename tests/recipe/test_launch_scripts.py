@@ -4,6 +4,7 @@ and carry the paper's values, read from the composed config rather than grepped.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -133,6 +134,7 @@ def test_sgsd_scripts_carry_the_paper_values(dry_runs, script, model, bank):
     assert cfg.data.apply_chat_template_kwargs.enable_thinking is False  # the student's prompt
     update = sgsd["update"]  # not sgsd.update: DictConfig.update is a method
     assert (update.freq, update.success_threshold, update.max_new_items, update.capacity) == (25, 0.8, 5, 30)
+    assert update.enable is True and update.writer == "policy"  # Alg. 4 on, the policy writes
     assert sgsd.ablation.loss_type == "gated" and sgsd.ablation.use_polarity is True
 
 
@@ -193,3 +195,84 @@ def test_every_key_is_a_real_verl_or_sgsd_key(dry_runs, script):
         assert OmegaConf.is_dict(parent), f"{script}: no section {parent_key}"
         # `++` may add a key under a dict verl leaves empty (override_config, apply_chat_template_kwargs)
         assert plus or leaf in parent.keys(), f"{script}: no key {key}"  # keys(): `???` values count
+
+
+def test_a_writer_spec_with_colons_and_hash_reaches_the_config_intact(tmp_path):
+    """SKILL_WRITER=openai:URL#MODEL survives bash and Hydra's override grammar (':' and '#')."""
+    from hydra import compose, initialize_config_dir
+
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nprintf \'%s\\0\' "$@" > "$ARGV_OUT"\n')
+    fake.chmod(0o755)
+    argv_out = tmp_path / "argv"
+    spec = "openai:http://writer:8000/v1#Qwen/Qwen3-8B"
+    done = subprocess.run(["bash", str(SCRIPTS / "run_sgsd_qwen3_8b.sh")], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=60,
+                          env=_env(fake.parent, ARGV_OUT=str(argv_out), SKILL_WRITER=spec))
+    assert done.returncode == 0, done.stderr
+    argv = argv_out.read_text().split("\0")[:-1]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="sgsd_trainer", overrides=argv[2:])
+    assert cfg.sgsd["update"].writer == spec and cfg.sgsd["update"].enable is True
+
+
+def test_build_bank_script_runs_the_cold_start_builder(tmp_path):
+    """scripts/build_bank.sh hands its variables to `sgsd bank build` (a scripted writer here;
+    its replies parse to nothing, so the build exits 1 having saved memories and build.json)."""
+    out = tmp_path / "bank"
+    env = _env(Path(sys.executable).parent, WRITER="scripted:no json here", OUT_DIR=str(out), NUM_PROBLEMS="3")
+    done = subprocess.run(["bash", str(SCRIPTS / "build_bank.sh"), "--quiet"], cwd=tmp_path, text=True,
+                          capture_output=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "no skill or mistake could be extracted from 3 memories" in done.stderr
+    build = json.loads((out / "build.json").read_text())
+    assert build["counts"]["problems"] == 3 and not (out / "bank.json").exists()
+
+
+def _recording_python(tmp_path: Path) -> Path:
+    """A `python3` that records the launch command line but runs the variants helper for real."""
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text('#!/bin/sh\nif [ "$1" = "-m" ] && [ "$2" = "recipe.sgsd.variants" ]; then\n'
+                    f'  exec {sys.executable} "$@"\nfi\n'
+                    'printf \'%s\\0\' "$@" > "$ARGV_OUT"\n')
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.parametrize("name", sorted(__import__("recipe.sgsd.variants", fromlist=["VARIANTS"]).VARIANTS))
+def test_every_variant_launches_from_the_same_scripts_with_its_overrides(tmp_path, name):
+    from hydra import compose, initialize_config_dir
+
+    from recipe.sgsd.variants import VARIANTS
+    from sgsd.config import SGSDConfig
+
+    variant = VARIANTS[name]
+    fake = _recording_python(tmp_path)
+    argv_out = tmp_path / "argv"
+    script = "run_grpo_qwen3_8b.sh" if variant.estimator == "grpo" else "run_sgsd_qwen3_8b.sh"
+    done = subprocess.run(["bash", str(SCRIPTS / script)], cwd=tmp_path, text=True, capture_output=True, timeout=60,
+                          env=_env(fake.parent, ARGV_OUT=str(argv_out), VARIANT=name, SGSD_DRY_RUN="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    argv = argv_out.read_text().split("\0")[:-1]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="sgsd_trainer", overrides=argv[2:])
+    assert cfg.algorithm.adv_estimator == variant.estimator
+    for override in variant.overrides:  # each one reached the config (and won over the script's own value)
+        key, value = override.split("=", 1)
+        assert str(OmegaConf.select(cfg, key)).lower() == value.lower(), override
+    SGSDConfig.from_mapping(OmegaConf.to_container(cfg.sgsd, resolve=True))  # valid as a whole
+    assert cfg.data.train_files.endswith("math_train_skills.parquet" if variant.student_skills
+                                         else "math_train.parquet")
+    assert cfg.trainer.experiment_name == f"{name}_qwen3_8b"
+
+
+def test_a_variant_of_the_other_estimator_or_an_unknown_one_is_refused(tmp_path):
+    fake = _recording_python(tmp_path)
+    for script, variant, message in (("run_sgsd_qwen3_8b.sh", "grpo_skill", "run_grpo_qwen3_8b.sh"),
+                                     ("run_grpo_qwen3_8b.sh", "opsd", "run_sgsd_qwen3_8b.sh"),
+                                     ("run_sgsd_qwen3_8b.sh", "no_such_thing", "unknown variant")):
+        done = subprocess.run(["bash", str(SCRIPTS / script)], cwd=tmp_path, text=True, capture_output=True,
+                              timeout=60, env=_env(fake.parent, ARGV_OUT=str(tmp_path / "argv"), VARIANT=variant))
+        assert done.returncode != 0 and message in done.stderr, (script, variant, done.stderr[-2000:])

@@ -94,3 +94,55 @@ def test_scoring_order_balances_ranks_sorts_micro_batches_and_covers_every_seque
         assert [lengths[j] for j in ids] == sorted((lengths[j] for j in ids), reverse=True)
     loads = [sum(lengths[j] for j in ids) for ids in per_rank]
     assert max(loads) - min(loads) <= max(lengths)
+
+
+def test_answer_context_is_one_answer_teacher_per_rollout(encoder, small_bank, tiny_tokenizer):
+    from sgsd.prompts import answer_teacher_prompt
+    from sgsd.retrieval import ProblemRetrieval
+
+    problems = ["Find x if 2x + 3 = 7.", "How many primes are below 20?", "No answer here."]
+    fmt = ChatFormat(enable_thinking=True)
+    plan = plan_teachers(problems, [ProblemRetrieval(teachers=())] * 3, tiny_tokenizer, fmt, top_k=8,
+                         max_prompt_tokens=None, reference_answers=["2", "8", ""], context="answer")
+    assert plan.alpha.shape == (3, 1) and plan.alpha[:, 0].tolist() == [1.0, 1.0, 0.0]  # no answer, no teacher
+    assert plan.owner == [0, 1] and plan.slot == [0, 0]
+    expected = tiny_tokenizer.encode(apply_chat(tiny_tokenizer, answer_teacher_prompt(problems[0], "2"), fmt),
+                                     add_special_tokens=False)
+    assert plan.prompt_ids[0] == expected and "General Principles" not in tiny_tokenizer.decode(plan.prompt_ids[0])
+    with pytest.raises(ValueError, match="reference answers"):
+        plan_teachers(problems, [ProblemRetrieval(teachers=())] * 3, tiny_tokenizer, fmt, 8, None, context="answer")
+
+
+def test_answer_skills_context_sees_every_pair_and_drops_pairs_before_the_answer(encoder, small_bank,
+                                                                                tiny_tokenizer):
+    problems = ["Find x if 2x + 3 = 7."]
+    retrievals = SkillRetriever(encoder, small_bank, top_k=4).retrieve(problems)
+    fmt = ChatFormat(enable_thinking=False)
+    plan = plan_teachers(problems, retrievals, tiny_tokenizer, fmt, top_k=4, max_prompt_tokens=None,
+                         reference_answers=["2"], context="answer_skills")
+    text = tiny_tokenizer.decode(plan.prompt_ids[0])
+    assert len(plan) == 1 and plan.alpha.tolist() == [[1.0]] and plan.truncated == 0
+    assert all(t.skill.title in text and t.mistake.description in text for t in retrievals[0].teachers)
+    assert "The verified final answer is: 2" in text
+    # a budget too small for both pairs: the weakest pair goes, the answer stays whole
+    full = len(plan.prompt_ids[0])
+    tight = plan_teachers(problems, retrievals, tiny_tokenizer, fmt, 4, full - 5, ["2"], context="answer_skills")
+    cut = tiny_tokenizer.decode(tight.prompt_ids[0])
+    assert tight.truncated == 1 and len(tight.prompt_ids[0]) <= full - 5
+    assert "The verified final answer is: 2" in cut
+    assert retrievals[0].teachers[0].skill.title in cut and retrievals[0].teachers[1].skill.title not in cut
+
+
+def test_student_guidance_rows_carry_the_skills_but_extra_info_stays_plain(encoder, small_bank):
+    from sgsd.datasets import Problem
+    from sgsd.verl_data import retrieve_student_guidance, to_verl_rows
+
+    problems = [Problem(problem="Find x if 2x + 3 = 7.", answer="2")]
+    retriever = SkillRetriever(encoder, small_bank, top_k=2)
+    rows = to_verl_rows(problems, "math", "train", student_guidance=retrieve_student_guidance(problems, retriever))
+    content = rows[0]["prompt"][0]["content"]
+    first = retriever.retrieve([problems[0].problem])[0].teachers[0]
+    assert "### General Principles" in content and first.skill.title in content
+    assert content.endswith(student_prompt(problems[0].problem))
+    assert rows[0]["extra_info"]["problem"] == problems[0].problem
+    assert problem_text(rows[0]["extra_info"], rows[0]["prompt"]) == problems[0].problem

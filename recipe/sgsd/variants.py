@@ -1,0 +1,105 @@
+"""Baselines and ablations as configuration: one name -> Hydra overrides (paper Sec. 4, App. E).
+
+The launch scripts take ``VARIANT=<name>`` (``scripts/lib/common.sh`` asks this module for
+the overrides), the CPU runs and tests take ``CPURun(variant=...)``: every method of the
+paper's tables runs from the SAME recipe, entry point and scripts, never a copied script.
+
+    python3 -m recipe.sgsd.variants list                 # names, estimators, what they change
+    python3 -m recipe.sgsd.variants overrides opsd       # one override per line
+    python3 -m recipe.sgsd.variants show opsd            # estimator, data needs, overrides
+
+A variant with ``student_skills`` trains on data whose STUDENT prompt carries the retrieved
+skills (``scripts/prepare_data.py --student-skills BANK``); evaluation stays plain.
+
+No verl import here: the shell scripts call this before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+__all__ = ["Variant", "VARIANTS", "get_variant"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    paper: str  # where the paper reports it
+    description: str
+    overrides: tuple[str, ...] = ()
+    estimator: str = "sgsd"  # algorithm.adv_estimator; grpo variants use scripts/run_grpo_*.sh
+    student_skills: bool = False  # train on data with skills in the student prompt
+
+
+# The OPSD baseline in this recipe: ONE frozen teacher that sees the reference answer
+# (paper Sec. 4: "we provide the teacher with the ground-truth answer", Tab. 11: fixed
+# teacher), always imitated (no polarity), with the sampled-token reverse-KL objective —
+# the divergence verl's sampled-token log-probs support (see docs/decisions.md).
+_OPSD = ("sgsd.teacher_context=answer", "sgsd.teacher=frozen", "sgsd.ablation.use_polarity=false",
+         "sgsd.ablation.loss_type=sampled_rkl", "sgsd.update.enable=false", "sgsd.update.track_utility=false")
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("sgsd", "Tab. 3", "SGSD as in the paper (the recipe's defaults)"),
+    Variant("grpo", "Tab. 3", "GRPO: verl's estimator on the same recipe", estimator="grpo"),
+    Variant("grpo_skill", "Tab. 3", "GRPO+Skill: retrieved skills in the student prompt during training only",
+            estimator="grpo", student_skills=True),
+    Variant("opsd", "Tab. 3", "OPSD: one frozen answer-conditioned teacher, always imitated", _OPSD),
+    Variant("opsd_skill", "Tab. 3", "OPSD+Skill: student and teacher see the retrieved skills; the teacher "
+            "also the answer", ("sgsd.teacher_context=answer_skills", *_OPSD[1:]),
+            student_skills=True),
+    Variant("no_token_mask", "Tab. 4", "SGSD without the token mask", ("sgsd.ablation.use_token_mask=false",)),
+    Variant("no_clip", "Tab. 4", "SGSD without gap clipping in the support score", ("sgsd.ablation.use_clip=false",)),
+    Variant("no_threshold", "Tab. 4", "SGSD without the neutral zone (eps_a = 0)",
+            ("sgsd.ablation.use_threshold=false",)),
+    Variant("no_robust", "Tab. 4", "SGSD without token mask, clipping and threshold",
+            ("sgsd.ablation.use_token_mask=false", "sgsd.ablation.use_clip=false",
+             "sgsd.ablation.use_threshold=false")),
+    Variant("no_polarity", "Fig. 4", "SGSD with every teacher distilled (rho = +1)",
+            ("sgsd.ablation.use_polarity=false",)),
+    Variant("single_teacher", "Sec. 4.3", "SGSD with K = 1 teacher", ("sgsd.top_k=1",)),
+    Variant("rkl", "Fig. 3c", "SGSD with the sampled-token reverse-KL objective instead of the gate",
+            ("sgsd.ablation.loss_type=sampled_rkl",)),
+    Variant("frozen_teacher", "Fig. 3b", "SGSD with the initial policy as a fixed teacher", ("sgsd.teacher=frozen",)),
+    Variant("answer_pi", "Fig. 3d", "SGSD with the reference answer added to every teacher",
+            ("sgsd.reference_answer_in_teacher=true",)),
+)}
+# The paper's "w/o all" row of Tab. 4 under its own name too.
+VARIANTS["no_all"] = Variant("no_all", "Tab. 4", VARIANTS["no_robust"].description, VARIANTS["no_robust"].overrides)
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m recipe.sgsd.variants", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list")
+    for cmd in ("overrides", "show"):
+        sub.add_parser(cmd).add_argument("name")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "list":
+            for v in VARIANTS.values():
+                data = ", student prompt with skills" if v.student_skills else ""
+                print(f"{v.name:15s} {v.estimator:5s} {v.paper:9s} {v.description}{data}")
+            return 0
+        variant = get_variant(args.name)
+    except ValueError as exc:
+        print(f"variants: error: {exc}", file=sys.stderr)
+        return 2
+    if args.cmd == "overrides":
+        print("\n".join(variant.overrides))
+    else:
+        print(f"name={variant.name}\nestimator={variant.estimator}\nstudent_skills={int(variant.student_skills)}")
+        print("\n".join(variant.overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
