@@ -125,6 +125,10 @@ class CPURun:
             f"trainer.save_freq={self.steps}",
             "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
             f"sgsd.top_k={self.top_k}", "sgsd.max_teacher_prompt_length=768",
+            # the project's 0/1 verifier for every estimator (main_sgsd sets it only for sgsd;
+            # verl's default math reward scores -1/1), so CPU runs compare on one scale
+            "reward.custom_reward_function.path=pkg://sgsd.verifier",
+            "reward.custom_reward_function.name=compute_score",
             *variant, *self.extra,
         ]
 
