@@ -147,3 +147,24 @@ def test_a_resumed_run_starts_from_the_evolved_bank(writer_runs):
     assert (out / "bank.step_000002.json").exists()  # resuming kept the first run's snapshots
     assert (out / "bank.step_000006.json").exists()
     assert not any(p.name.startswith("sgsd_bank.previous") for p in second.checkpoint_dir.iterdir())
+
+
+def test_sgsd_plot_draws_the_evolved_run(writer_runs, tmp_path):
+    """`sgsd plot` on this real run: its metrics (the resumed steps), snapshots and utility."""
+    from sgsd.plot import PANELS, build_figures, render
+    from sgsd.run_metrics import load_run
+
+    _, _, second, resumed, *_ = writer_runs
+    run = load_run(second.workdir)
+    assert [s.step for s in run.snapshots] == [2, 4, 6, None]
+    rendered = render([run], tmp_path)
+    assert rendered.files == tuple(tmp_path / f"{p}.png" for p in PANELS) and rendered.notes == ()
+    assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 15_000 for f in rendered.files)
+    figures, _ = build_figures([run])
+    general, _ = figures["bank"].axes
+    dynamic = next(line for line in general.lines if line.get_linestyle() == "-")
+    assert list(dynamic.get_xdata()) == [5, 6]
+    assert list(dynamic.get_ydata()) == [resumed[5]["sgsd/bank/general_skills_dynamic"],
+                                         resumed[6]["sgsd/bank/general_skills_dynamic"]]
+    labels = [t.get_text() for t in figures["utility"].axes[0].get_yticklabels()]
+    assert any("(dyn)" in label for label in labels)  # the online items were used as teachers

@@ -1,0 +1,202 @@
+"""`sgsd plot`: pictures drawn from real CPU runs' metrics (tests/data/plot_runs, see its README)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from sgsd.cli import main
+from sgsd.plot import PANELS, UTILITY_ITEMS, PlotError, build_figures, render
+from sgsd.run_metrics import RunData, load_run
+from sgsd.utility import CATEGORIES, utility_of, utility_score
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ROOT / "tests" / "data" / "plot_runs"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sgsd_run() -> RunData:
+    return load_run(RUNS / "sgsd")
+
+
+@pytest.fixture(scope="module")
+def grpo_run() -> RunData:
+    return load_run(RUNS / "grpo")
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def _legend(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend else []
+
+
+def test_library_import_pulls_in_neither_matplotlib_nor_torch():
+    code = ("import json, sys, sgsd.plot, sgsd.run_metrics, sgsd.cli\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'torch', 'numpy'})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
+def test_grpo_vs_sgsd_writes_every_panel_as_a_real_png(sgsd_run, grpo_run, tmp_path):
+    import matplotlib.image
+
+    rendered = render([grpo_run, sgsd_run], tmp_path / "pics")
+    assert rendered.files == tuple(tmp_path / "pics" / f"{p}.png" for p in PANELS)
+    for path in rendered.files:
+        width, height = _png_size(path)
+        assert width >= 500 and height >= 350, (path, width, height)
+        assert path.stat().st_size > 15_000, path  # titles, axes, text and lines, not a blank canvas
+        pixels = matplotlib.image.imread(path)  # decodes the whole file
+        assert pixels.shape[:2] == (height, width)
+    assert not list((tmp_path / "pics").glob(".*.tmp"))  # atomic writes leave no temporary files
+    # the GRPO run is left out of the SGSD panels, and each such panel says so
+    assert [n.split(":")[0] for n in rendered.notes] == [f"{p}.png" for p in PANELS[1:]]
+    assert all(" grpo not shown (" in n for n in rendered.notes)
+
+
+def test_training_panel_overlays_both_runs_with_their_logged_values(sgsd_run, grpo_run):
+    figures, _ = build_figures([grpo_run, sgsd_run])
+    reward, validation, length = figures["training"].axes
+    for ax in (reward, validation, length):
+        assert {"grpo", "sgsd"} <= set(_legend(ax)), ax.get_title()
+        assert ax.get_xlabel() == "training step" and ax.get_ylabel() and ax.get_title()
+    assert "success rate" in _legend(reward)  # two metric styles -> a style legend too
+    # one line per (run, metric); colours follow the runs; the data is what was logged
+    lines = {(line.get_color(), tuple(line.get_xdata())): list(line.get_ydata()) for line in validation.lines}
+    assert lines[("C0", (1, 2))] == grpo_run.series("val-core/math/acc/mean@1")[1]
+    assert lines[("C1", (2, 4))] == sgsd_run.series("val-core/math/acc/mean@1")[1]
+    assert len(reward.lines) == 3  # grpo reward; sgsd reward and success rate
+
+
+def test_sgsd_panels_draw_the_sgsd_run_and_name_the_grpo_run_as_not_shown(sgsd_run, grpo_run):
+    figures, _ = build_figures([grpo_run, sgsd_run])
+    for panel in ("support", "gate_loss", "teachers", "bank", "polarity", "utility"):
+        assert "(not shown: grpo)" in figures[panel].get_suptitle(), panel
+    gate = figures["gate_loss"].axes[0]
+    assert _legend(gate) == ["sgsd", "gate loss", "SGSD loss (as optimised)"]
+    assert list(gate.lines[0].get_ydata()) == sgsd_run.series("sgsd/gate_loss")[1]
+    assert list(figures["support"].axes[1].lines[0].get_ydata()) == sgsd_run.series("sgsd/clipped_frac")[1]
+    general, _ = figures["bank"].axes
+    assert sorted(tuple(line.get_ydata()) for line in general.lines) == [(0.0,) * 4, (28.0,) * 4]
+
+
+def test_polarity_stacks_the_five_logged_fractions(sgsd_run):
+    figures, _ = build_figures([sgsd_run])
+    [ax] = figures["polarity"].axes
+    assert ax.get_title() == "sgsd"
+    assert [c.get_label() for c in ax.containers] == [c.replace("_", "-") for c in CATEGORIES]
+    for category, bars in zip(CATEGORIES, ax.containers):
+        assert [b.get_height() for b in bars] == sgsd_run.series(f"sgsd/{category}_frac")[1]
+    tops = [bars[-1].get_y() + bars[-1].get_height() for bars in zip(*ax.containers)]
+    assert tops == pytest.approx([1.0] * 4)  # the five categories partition every step
+
+
+def test_utility_shows_the_best_and_worst_items_of_the_latest_bank(sgsd_run):
+    figures, _ = build_figures([sgsd_run])
+    scores_ax, shares_ax = figures["utility"].axes[:2]
+    used = sorted((it for c in ("general_skills", "common_mistakes") for it in sgsd_run.latest_bank.bank.items(c)
+                   if utility_of(it)["uses"] > 0), key=utility_score, reverse=True)
+    expected = used[:UTILITY_ITEMS] + used[-UTILITY_ITEMS:]
+    bars = sorted(scores_ax.patches, key=lambda b: -b.get_y())  # top to bottom
+    assert [b.get_width() for b in bars] == pytest.approx([utility_score(it) for it in expected])
+    labels = [t.get_text() for t in sorted(scores_ax.get_yticklabels(), key=lambda t: -t.get_position()[1])]
+    assert [lbl.split()[0] for lbl in labels] == [it.item_id for it in expected]
+    assert f"best and worst {UTILITY_ITEMS} of {len(used)} used items" in scores_ax.get_title()
+    # the fixture's random policy never succeeds: every used teacher was a warning
+    warning = next(c for c in shares_ax.containers if c.get_label() == "warning")
+    assert [b.get_width() for b in warning] == pytest.approx([1.0] * len(expected))
+
+
+def test_two_sgsd_runs_side_by_side(sgsd_run):
+    other = replace(sgsd_run, name="sgsd $k=8$")  # a '$' must not be read as mathtext
+    figures, notes = build_figures([sgsd_run, other])
+    assert notes == []
+    assert [ax.get_title() for ax in figures["polarity"].axes] == ["sgsd", r"sgsd \$k=8\$"]
+    assert _legend(figures["teachers"].axes[0])[:2] == ["sgsd", r"sgsd \$k=8\$"]
+    assert len(figures["utility"].axes) == 4  # one row of two axes per run
+    for fig in figures.values():
+        fig.canvas.draw()  # renders every text
+
+
+def test_grpo_alone_gets_the_training_picture_only(grpo_run, tmp_path):
+    rendered = render([grpo_run], tmp_path)
+    assert rendered.files == (tmp_path / "training.png",)
+    assert rendered.notes[0] == "polarity.png: not written (grpo: no sgsd/* metrics: not an SGSD run)"
+    assert rendered.notes[-1] == "utility.png: not written (grpo: no bank directory: not an SGSD run)"
+
+
+def test_bank_sizes_come_from_snapshots_when_the_metrics_lack_them(shipped_bank, tmp_path):
+    grown = shipped_bank.with_items(common_mistakes=[*shipped_bank.common_mistakes, replace(
+        shipped_bank.common_mistakes[0], mistake_id="dyn_1", origin="dynamic")])
+    shipped_bank.save(tmp_path / "bank" / "bank.step_000002.json")
+    grown.save(tmp_path / "bank" / "bank.step_000004.json")
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"step": s, "data": {"sgsd/loss": 0.1}}) + "\n"
+                                              for s in (1, 2, 3, 4)))
+    run = load_run(tmp_path / "m.jsonl", bank_dir=tmp_path / "bank")
+    figures, notes = build_figures([run])
+    _, mistakes = figures["bank"].axes
+    dynamic = next(line for line in mistakes.lines if line.get_linestyle() == "-")
+    assert list(dynamic.get_xdata()) == [2, 4] and list(dynamic.get_ydata()) == [0.0, 1.0]
+    assert "utility.png: not written (m: no item of" in " ".join(notes)  # a fresh bank has no utility yet
+
+
+def test_render_refuses_bad_requests(sgsd_run, tmp_path):
+    with pytest.raises(PlotError, match="run names repeat"):
+        build_figures([sgsd_run, sgsd_run])
+    with pytest.raises(PlotError, match="no run to plot"):
+        build_figures([])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PlotError, match="exists and is not a directory"):
+        render([sgsd_run], tmp_path / "file")
+    bare = RunData(name="bare", metrics_path=tmp_path / "m.jsonl", steps={1: {"timing_s/step": 1.0}})
+    with pytest.raises(PlotError, match=r"nothing to plot: training.png: not written \(bare: no critic"):
+        render([bare], tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_cli_plot_grpo_vs_sgsd(tmp_path, capsys):
+    out = tmp_path / "pictures"
+    assert main(["plot", str(RUNS / "grpo" / "metrics.jsonl"), str(RUNS / "sgsd"), "-o", str(out),
+                 "--name", "GRPO", "--name", "SGSD"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.split() == [str(out / f"{p}.png") for p in PANELS]
+    assert "sgsd: note: polarity.png: GRPO not shown (no sgsd/* metrics: not an SGSD run)" in captured.err
+
+
+def test_cli_bank_dir_per_run_with_dash_for_the_default(tmp_path, capsys):
+    assert main(["plot", str(RUNS / "sgsd"), str(RUNS / "grpo"), "-o", str(tmp_path), "--name", "a", "--name", "b",
+                 "--bank-dir", "-", "--bank-dir", str(RUNS / "sgsd" / "checkpoints" / "sgsd_bank")]) == 0
+    assert "utility.png" in capsys.readouterr().out
+    assert (tmp_path / "utility.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{runs}/nope"], "nope: no such run directory or metrics file"),
+    (["{runs}/grpo", "{runs}/grpo"], "run names repeat (grpo, grpo): give each run a --name"),
+    (["{runs}/grpo", "--name", "a", "--name", "b"], "--name given 2 times for 1 runs"),
+    (["{runs}/grpo", "--bank-dir", "{tmp}"], "no bank.json or bank.step_NNNNNN.json"),
+    (["{tmp}/broken.jsonl"], "broken.jsonl: line 2: invalid JSON at column 1"),
+])
+def test_cli_plot_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
+    (tmp_path / "broken.jsonl").write_text('{"step": 1, "data": {}}\n}\n')
+    argv = ["plot", *(a.format(runs=RUNS, tmp=tmp_path) for a in args), "-o", str(tmp_path / "out")]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1
+    assert lines[0].startswith("sgsd: error: ") and message in lines[0]
+    assert not (tmp_path / "out").exists()
