@@ -9,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY_MODULES = ["sgsd", "sgsd.atomic", "sgsd.bank", "sgsd.cli", "sgsd.datasets", "sgsd.objective",
+                   "sgsd.eval", "sgsd.eval_metrics", "sgsd.eval_models", "sgsd.eval_report",
                    "sgsd.prompts", "sgsd.retrieval", "sgsd.tiny_model", "sgsd.token_mask", "sgsd.verifier"]
 
 

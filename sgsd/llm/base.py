@@ -26,16 +26,26 @@ class GenerationSettings:
     enable_thinking: bool = False
     timeout_s: float = 300.0  # per request
     max_retries: int = 2  # per request, on transient errors only
+    # transformers: batch b of a call is seeded with seed + b; vLLM: request i of a call with
+    # seed + i, so duplicate prompts in one call still get different samples; OpenAI: as given.
     seed: int | None = None
 
 
 @dataclass(frozen=True)
 class Completion:
-    """One reply: ``text`` is None when the request failed for good (see ``error``)."""
+    """One reply: ``text`` is None when the request failed for good (see ``error``).
+
+    ``num_tokens`` (new tokens, eos included) and ``finish_reason`` (``"stop"``: the model
+    ended its reply; ``"length"``: cut at ``max_new_tokens`` or the model's context) are
+    filled by the backends that know them (transformers, vLLM) and None elsewhere; they
+    are bookkeeping and do not take part in ``==``.
+    """
 
     text: str | None
     error: str | None = None
     attempts: int = 1
+    num_tokens: int | None = field(default=None, compare=False)
+    finish_reason: str | None = field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -170,6 +170,12 @@ class TransformersClient:
         input_len = enc["input_ids"].shape[1]
         kwargs = generate_kwargs(settings)
         kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(context, int) and input_len + kwargs["max_new_tokens"] > context:
+            # Positions past the context are never trained: stop there, as vLLM does.
+            if input_len >= context:
+                raise ValueError(f"prompt of {input_len} tokens fills the model's context of {context}")
+            kwargs["max_new_tokens"] = context - input_len
 
         started = time.monotonic()
         with torch.inference_mode(), _seeded(settings.seed, batch_index, self.model.device):
@@ -178,7 +184,8 @@ class TransformersClient:
 
         completions = []
         for row in output[:, input_len:].tolist():
-            finished = any(token in self._eos_ids for token in row) or len(row) >= settings.max_new_tokens
+            stop = next((i for i, token in enumerate(row) if token in self._eos_ids), None)
+            finished = stop is not None or len(row) >= kwargs["max_new_tokens"]
             if timed_out and not finished:
                 # Cut off by the wall-clock budget: a half-written reply is not a reply.
                 self.stats.timeouts += 1
@@ -187,7 +194,9 @@ class TransformersClient:
                                               attempts=attempts))
                 continue
             text = self.tokenizer.decode(row, skip_special_tokens=True)
-            completions.append(Completion(text=text, attempts=attempts))
+            completions.append(Completion(text=text, attempts=attempts,
+                                          num_tokens=len(row) if stop is None else stop + 1,
+                                          finish_reason="length" if stop is None else "stop"))
         return completions
 
 

@@ -10,9 +10,10 @@ API used, the same in vLLM's 0.9-era and its recent renderer-based ``LLM`` (read
 sources; the pinned 0.24 could not be run here): ``LLM(model=..., tensor_parallel_size=...,
 gpu_memory_utilization=..., max_model_len=..., **engine_args)``;
 ``LLM.chat(conversations, sampling_params=..., use_tqdm=..., chat_template_kwargs={...})``
-returning one ``RequestOutput`` per conversation, the reply in ``outputs[0].text`` and
-``outputs[0].finish_reason`` ("stop" / "length" / "abort"); ``SamplingParams(n, max_tokens,
-temperature, top_p, top_k, seed)``.
+(``sampling_params`` one object, or a list with one per conversation) returning one
+``RequestOutput`` per conversation, the reply in ``outputs[0].text``, its tokens in
+``outputs[0].token_ids`` and ``outputs[0].finish_reason`` ("stop" / "length" / "abort");
+``SamplingParams(n, max_tokens, temperature, top_p, top_k, seed)``.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class VLLMClient:
         self.stats.requests += len(prompts)
         if not prompts:
             return []
-        params = self._sampling_params_cls(**sampling_params_kwargs(settings))
+        params = self._sampling_params(settings, len(prompts))
         try:
             return self._chat(prompts, params, settings, attempts=1)
         except Exception as exc:  # noqa: BLE001 - a bad call must not end a training run
@@ -122,13 +123,23 @@ class VLLMClient:
             logger.warning("%s: batch of %d failed (%s: %s); retrying one by one",
                            self.name, len(prompts), type(exc).__name__, exc)
         completions = []
-        for prompt in prompts:
+        for i, prompt in enumerate(prompts):
             self.stats.retries += 1
             try:
-                completions.extend(self._chat([prompt], params, settings, attempts=2))
+                one = params[i:i + 1] if isinstance(params, list) else params
+                completions.extend(self._chat([prompt], one, settings, attempts=2))
             except Exception as exc:  # noqa: BLE001
                 completions.append(self._failed(exc, attempts=2))
         return completions
+
+    def _sampling_params(self, settings: GenerationSettings, count: int) -> Any:
+        """One ``SamplingParams`` for the call; with a seed, one per request (seed + i):
+        vLLM seeds each request alone, so one shared seed would make duplicate prompts
+        (several samples of one problem) return identical replies."""
+        kwargs = sampling_params_kwargs(settings)
+        if settings.seed is None:
+            return self._sampling_params_cls(**kwargs)
+        return [self._sampling_params_cls(**{**kwargs, "seed": int(settings.seed) + i}) for i in range(count)]
 
     def _chat(self, prompts: list[str], params: Any, settings: GenerationSettings,
               attempts: int) -> list[Completion]:
@@ -154,7 +165,10 @@ class VLLMClient:
             self.stats.record_failure("abort")
             return Completion(text=None, error="abort: request aborted by the engine", attempts=attempts)
         # finish_reason "length" keeps its text: a truncated reply may still hold the JSON.
-        return Completion(text=sample.text, attempts=attempts)
+        token_ids = getattr(sample, "token_ids", None)
+        return Completion(text=sample.text, attempts=attempts,
+                          num_tokens=None if token_ids is None else len(token_ids),
+                          finish_reason=getattr(sample, "finish_reason", None))
 
     def _failed(self, exc: BaseException, attempts: int) -> Completion:
         kind = type(exc).__name__

@@ -139,6 +139,31 @@ def test_max_new_tokens_respected(fresh: TransformersClient, monkeypatch: pytest
     assert max(new_len for new_len in (o.shape[1] - i.shape[1] for i, o in calls)) == 5
 
 
+def test_completions_report_tokens_and_finish_reason(fresh: TransformersClient,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy_generate(fresh, monkeypatch)
+    out = fresh.generate(PROMPTS, GenerationSettings(temperature=0.0, max_new_tokens=6))
+    eos = fresh._eos_ids
+    rows = [row for input_ids, output in calls for row in output[:, input_ids.shape[1]:].tolist()]
+    for completion, row in zip(out, rows):
+        stop = next((i for i, t in enumerate(row) if t in eos), None)
+        assert completion.num_tokens == (len(row) if stop is None else stop + 1)
+        assert completion.finish_reason == ("length" if stop is None else "stop")
+    assert any(c.finish_reason == "length" for c in out)
+
+
+def test_max_new_tokens_is_capped_by_the_model_context(fresh: TransformersClient,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy_generate(fresh, monkeypatch)
+    prompt_len = len(fresh.tokenizer(fresh.render_prompts(["hi"])[0], add_special_tokens=False).input_ids)
+    monkeypatch.setattr(fresh.model.config, "max_position_embeddings", prompt_len + 3)
+    (capped,) = fresh.generate(["hi"], GenerationSettings(temperature=0.0, max_new_tokens=50))
+    assert calls[-1][1].shape[1] <= prompt_len + 3 and capped.ok and capped.num_tokens <= 3
+    monkeypatch.setattr(fresh.model.config, "max_position_embeddings", prompt_len)
+    (full,) = fresh.generate(["hi"], GenerationSettings(temperature=0.0, max_new_tokens=50))
+    assert not full.ok and "fills the model's context" in full.error
+
+
 def test_render_prompts_applies_chat_template_with_enable_thinking(fresh: TransformersClient) -> None:
     off = fresh.render_prompts(["What is 1+1?"], enable_thinking=False)[0]
     on = fresh.render_prompts(["What is 1+1?"], enable_thinking=True)[0]
@@ -273,7 +298,9 @@ class _FakeVLLM:
 
             def chat(self, messages: list, sampling_params: Any = None, use_tqdm: bool = True,
                      chat_template_kwargs: dict | None = None) -> list:
-                fake.chats.append({"messages": messages, "params": sampling_params.kwargs,
+                params = ([p.kwargs for p in sampling_params] if isinstance(sampling_params, list)
+                          else sampling_params.kwargs)
+                fake.chats.append({"messages": messages, "params": params,
                                    "chat_template_kwargs": chat_template_kwargs})
                 if fail_batches and len(messages) > 1:
                     raise ValueError("prompt longer than max_model_len")
@@ -283,7 +310,8 @@ class _FakeVLLM:
                     if "too long" in text:
                         raise ValueError("prompt longer than max_model_len")
                     reason = "abort" if "abort" in text else "stop"
-                    sample = types.SimpleNamespace(text=f"reply to {text}", finish_reason=reason)
+                    sample = types.SimpleNamespace(text=f"reply to {text}", finish_reason=reason,
+                                                   token_ids=list(range(len(text))))
                     outs.append(types.SimpleNamespace(outputs=[sample]))
                 return outs
 
@@ -305,6 +333,21 @@ def test_vllm_client_drives_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     assert call["params"] == {"n": 1, "max_tokens": 32, "temperature": 0.0}
     assert call["chat_template_kwargs"] == {"enable_thinking": False}
     assert client.stats.requests == 2 and client.stats.errors == {"abort": 1}
+
+
+def test_vllm_seeds_each_request_apart_and_reports_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One shared seed would make repeated prompts (n samples of a problem) identical."""
+    fake = _FakeVLLM(fail_batches=True)
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    client = VLLMClient("m")
+    out = client.generate(["same", "same", "too long"], GenerationSettings(temperature=1.0, seed=10))
+    assert [p["seed"] for p in fake.chats[0]["params"]] == [10, 11, 12]
+    # retried one by one, each request keeps its own seed
+    assert [chat["params"][0]["seed"] for chat in fake.chats[1:]] == [10, 11, 12]
+    assert [(c.num_tokens, c.finish_reason) for c in out[:2]] == [(4, "stop"), (4, "stop")]
+    assert out[2].error == "ValueError: prompt longer than max_model_len"
+    client.generate(["a"], GenerationSettings(temperature=1.0))
+    assert "seed" not in fake.chats[-1]["params"]  # unseeded: one SamplingParams, no seed
 
 
 def test_vllm_rejected_batch_is_retried_prompt_by_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
