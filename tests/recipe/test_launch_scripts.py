@@ -157,10 +157,7 @@ def test_extra_command_line_overrides_win(tmp_path):
     the command line (a real dry run per script is above); Hydra composes it here."""
     from hydra import compose, initialize_config_dir
 
-    fake = tmp_path / "bin" / "python3"
-    fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\nprintf \'%s\\0\' "$@" > "$ARGV_OUT"\n')
-    fake.chmod(0o755)
+    fake = _recording_python(tmp_path)
     argv_out = tmp_path / "argv"
     done = subprocess.run(["bash", str(SCRIPTS / "run_sgsd_qwen3_1.7b.sh"), *EXTRA], cwd=tmp_path, text=True,
                           capture_output=True, env=_env(fake.parent, ARGV_OUT=str(argv_out)), timeout=60)
@@ -201,10 +198,7 @@ def test_a_writer_spec_with_colons_and_hash_reaches_the_config_intact(tmp_path):
     """SKILL_WRITER=openai:URL#MODEL survives bash and Hydra's override grammar (':' and '#')."""
     from hydra import compose, initialize_config_dir
 
-    fake = tmp_path / "bin" / "python3"
-    fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\nprintf \'%s\\0\' "$@" > "$ARGV_OUT"\n')
-    fake.chmod(0o755)
+    fake = _recording_python(tmp_path)
     argv_out = tmp_path / "argv"
     spec = "openai:http://writer:8000/v1#Qwen/Qwen3-8B"
     done = subprocess.run(["bash", str(SCRIPTS / "run_sgsd_qwen3_8b.sh")], cwd=tmp_path, text=True,
