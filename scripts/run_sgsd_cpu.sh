@@ -8,6 +8,7 @@
 #   bash scripts/run_sgsd_cpu.sh                          # SGSD, 4 steps
 #   STEPS=2 bash scripts/run_sgsd_cpu.sh sgsd.top_k=8     # extra Hydra overrides pass through
 #   ESTIMATOR=grpo bash scripts/run_sgsd_cpu.sh           # the same run as GRPO
+#   VARIANT=opsd bash scripts/run_sgsd_cpu.sh             # a baseline/ablation by name (recipe/sgsd/variants.py)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh" test
@@ -17,4 +18,5 @@ STEPS="${STEPS:-4}"
 ESTIMATOR="${ESTIMATOR:-sgsd}"
 
 cd "$ROOT"
-"$SGSD_PY" -m recipe.sgsd.cpu_run --workdir "$WORKDIR" --steps "$STEPS" --estimator "$ESTIMATOR" "$@"
+"$SGSD_PY" -m recipe.sgsd.cpu_run --workdir "$WORKDIR" --steps "$STEPS" --estimator "$ESTIMATOR" \
+    ${VARIANT:+--variant "$VARIANT"} "$@"

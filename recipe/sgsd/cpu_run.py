@@ -168,12 +168,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=os.environ.get("SGSD_CPU_WORKDIR", "outputs/sgsd_cpu"))
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--estimator", default="sgsd", help="sgsd (default) or grpo")
+    parser.add_argument("--variant", default=None,
+                        help="a baseline/ablation by name (python -m recipe.sgsd.variants list); sets the estimator")
     parser.add_argument("--rollout-n", type=int, default=None, help="rollouts per problem (sgsd 1, grpo 4)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. sgsd.top_k=8")
     args = parser.parse_args(argv)
-    n = args.rollout_n or (1 if args.estimator == "sgsd" else 4)
-    extra = [*demo_overrides(args.overrides), *args.overrides] if args.estimator == "sgsd" else args.overrides
-    run = CPURun(Path(args.workdir).resolve(), steps=args.steps, estimator=args.estimator, rollout_n=n, extra=extra)
+    estimator = args.estimator
+    if args.variant is not None:
+        from recipe.sgsd.variants import get_variant
+
+        try:
+            estimator = get_variant(args.variant).estimator
+        except ValueError as exc:
+            parser.error(str(exc))
+    n = args.rollout_n or (1 if estimator == "sgsd" else 4)
+    extra = [*demo_overrides(args.overrides), *args.overrides] if estimator == "sgsd" else args.overrides
+    run = CPURun(Path(args.workdir).resolve(), steps=args.steps, estimator=estimator, rollout_n=n, extra=extra,
+                 variant=args.variant)
     done = run.run()
     if done.returncode != 0:
         print(f"[cpu_run] training failed with exit code {done.returncode}", file=sys.stderr)
@@ -190,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[cpu_run] bank update at step {s['step']}: window {int(d.get('sgsd/update/window', 0))} rollouts, "
               f"{int(d.get('sgsd/update/requests', 0))} writer requests, "
               f"{int(d.get('sgsd/update/parse_failures', 0))} unparseable, applied={bool(d.get('sgsd/update/applied'))}")
-    if args.estimator == "sgsd":
+    if estimator == "sgsd":
         print(f"[cpu_run] skill bank: {run.checkpoint_dir / 'sgsd_bank' / 'bank.json'}")
     print(f"[cpu_run] metrics file: {run.metrics_file}")
     return 0

@@ -102,3 +102,24 @@ def test_plugin_registers_in_a_fresh_process_after_import_verl(tmp_path):
                           env={k: v for k, v in __import__("os").environ.items() if k != "VERL_USE_EXTERNAL_MODULES"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["recipe.sgsd.plugin", "SGSDTrainer", "SGSDRewardManager"]
+
+
+def test_every_sgsd_key_is_documented_in_docs_configuration():
+    """docs/configuration.md lists every key SGSDConfig accepts (a new key must be documented)."""
+    from dataclasses import fields, is_dataclass
+    from pathlib import Path
+    from typing import get_type_hints
+
+    from sgsd.config import SGSDConfig
+
+    def keys(cls, prefix):
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            if is_dataclass(hints[f.name]):
+                yield from keys(hints[f.name], f"{prefix}.{f.name}")
+            else:
+                yield f"{prefix}.{f.name}"
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    missing = [k for k in keys(SGSDConfig, "sgsd") if f"`{k}`" not in doc]
+    assert not missing, f"undocumented sgsd keys: {missing}"
