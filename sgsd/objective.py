@@ -34,6 +34,7 @@ __all__ = [
     "robust_support",
     "sampled_rkl_loss",
     "sgsd_objective",
+    "support_quantiles",
     "teacher_polarity",
 ]
 
@@ -276,6 +277,21 @@ def _metrics(
             kept = m.squeeze(1).sum().item()
             out["mask_keep_frac"] = kept / max(response_mask.to(m.dtype).sum().item(), 1.0)
         return out
+
+
+def support_quantiles(support: torch.Tensor, present: torch.Tensor,
+                      qs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> dict[str, float]:
+    """Quantiles of the robust support ``a_k`` over the present teachers of a batch.
+
+    ``{"support_p10": ..., "support_p50": ..., ...}`` (linear interpolation); empty when no
+    teacher is present. Logged per step, they show the support *distribution* (where the
+    neutral zone ``|a_k| <= eps_a`` and the clip ``c_Delta`` sit in it), not only its mean.
+    """
+    values = support.detach().float()[present.bool()]
+    if values.numel() == 0:
+        return {}
+    found = torch.quantile(values, torch.tensor(qs, dtype=values.dtype))
+    return {f"support_p{round(q * 100):02d}": v for q, v in zip(qs, found.tolist())}
 
 
 def _check_tau(tau: float) -> None:

@@ -11,7 +11,9 @@ training.png      reward ``critic/score/mean`` and training accuracy ``sgsd/succ
 polarity.png      the teachers' polarity mix per step, stacked: ``sgsd/{helpful,warning,
                   over_suppressive,misleading,neutral}_frac`` (eq. 13, Tab. 2); one panel per run
 support.png       the robust support ``a_k`` (eqs. 11-12): ``sgsd/support_mean``,
-                  ``sgsd/support_abs_mean``; shares ``sgsd/clipped_frac`` (at ``±clip``) and
+                  ``sgsd/support_abs_mean``; its batch quantiles ``sgsd/support_p{10,50,90}``
+                  (the trainer's, over every present teacher of the step); shares
+                  ``sgsd/clipped_frac`` (at ``±clip``) and
                   ``sgsd/below_threshold_frac`` (inside the neutral zone ``±eps_a``)
 gate_loss.png     ``sgsd/gate_loss`` and ``sgsd/loss`` (eqs. 14-17)
 teachers.png      ``sgsd/teachers_per_problem`` (scored by the loss) and
@@ -22,8 +24,8 @@ utility.png       the best and worst items of the latest bank by :func:`sgsd.uti
                   beside the alpha-weighted share of each teacher category in their record
 ================  ==========================================================================
 
-The support panel draws what the loss logs: per-step means and shares of ``a_k``, not a
-histogram (the per-teacher values are not logged). A run without ``sgsd/*`` metrics (GRPO)
+The support panel draws what the run logs: per-step means, shares and batch quantiles of
+``a_k`` (runs from before the quantiles were logged show the means and shares only). A run without ``sgsd/*`` metrics (GRPO)
 appears in the training panel only; every panel or run left out is reported in
 :attr:`Rendered.notes` and in the figure's title, and a picture nobody can draw is not written.
 
@@ -223,13 +225,17 @@ def _support(runs):
     fig, missing = _sgsd_lines("Robust support a_k (eqs. 11-12): logged per-step summaries", [
         ("Support of the teachers", "a_k (clipped)",
          [("sgsd/support_mean", "mean a_k", "-"), ("sgsd/support_abs_mean", "mean |a_k|", "--")]),
+        ("Its distribution over the batch", "a_k quantile",
+         [("sgsd/support_p10", "10th percentile", ":"), ("sgsd/support_p50", "median", "-"),
+          ("sgsd/support_p90", "90th percentile", "--")]),
         ("Where the support falls", "share of (rollout, teacher) pairs",
          [("sgsd/clipped_frac", "|a_k| at the clip", "-"),
           ("sgsd/below_threshold_frac", "|a_k| <= eps_a (neutral zone)", "--")]),
     ], runs)
     if fig is not None:
         fig.axes[0].axhline(0.0, color="0.5", linewidth=0.8)
-        fig.axes[1].set_ylim(-0.04, 1.04)  # shares
+        fig.axes[1].axhline(0.0, color="0.5", linewidth=0.8)
+        fig.axes[2].set_ylim(-0.04, 1.04)  # shares
     return fig, missing
 
 

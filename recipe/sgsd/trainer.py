@@ -43,7 +43,7 @@ from sgsd.datasets import SKILL_BANKS, bank_path
 from sgsd.evolution import BankEvolution
 from sgsd.llm.base import GenerationSettings
 from sgsd.llm.factory import make_client
-from sgsd.objective import sgsd_objective
+from sgsd.objective import sgsd_objective, support_quantiles
 from sgsd.prompts import ChatFormat
 from sgsd.retrieval import ProblemRetrieval, SentenceTransformerEncoder, SkillRetriever
 from sgsd.token_mask import TokenMaskBuilder
@@ -301,19 +301,18 @@ class SGSDTrainer(PPOTrainerSync):
             "sgsd/bank_general_skills": float(len(self.skill_bank.general_skills)),
             "sgsd/bank_common_mistakes": float(len(self.skill_bank.common_mistakes)),
         })
-        if self.evolution.tracker is not None and cfg.teacher_context == "skills":
-            self._observe_utility(retrievals, teacher_lp, student_lp, token_mask, response_masks, plan.alpha,
-                                  fields["sgsd_outcome_sign"])
+        if len(responses):
+            support = self._rollout_support(teacher_lp, student_lp, token_mask, response_masks, plan.alpha,
+                                            fields["sgsd_outcome_sign"])
+            metrics.update({f"sgsd/{k}": v for k, v in support_quantiles(support, plan.alpha > 0).items()})
+            if self.evolution.tracker is not None and cfg.teacher_context == "skills":
+                self._observe_utility(retrievals, support, plan.alpha, fields["sgsd_outcome_sign"])
         return batch
 
-    def _observe_utility(self, retrievals, teacher_lp, student_lp, token_mask, response_masks, alpha, sign) -> None:
-        """Credit each retrieved item with its teacher's polarity category (alpha-weighted).
-
-        Support is decided exactly as the loss decides it (same function, same config), on
-        the rollout-time log-probs; the first mini-batch of an on-policy update sees the same.
-        """
-        if not retrievals:
-            return
+    def _rollout_support(self, teacher_lp, student_lp, token_mask, response_masks, alpha, sign) -> torch.Tensor:
+        """Robust support ``a_k`` [B, K] of the whole batch, decided exactly as the loss decides
+        it (same function, same config) on the rollout-time log-probs — what the first
+        mini-batch of an on-policy update sees."""
         width = max(len(t) for t in student_lp)
         pad = lambda rows, value: torch.nn.utils.rnn.pad_sequence(  # noqa: E731
             [r.float() for r in rows], batch_first=True, padding_value=value)[:, :width]
@@ -322,6 +321,10 @@ class SGSDTrainer(PPOTrainerSync):
             out = sgsd_objective(pad(student_lp, 0.0), pad(teacher_lp, 0.0).transpose(1, 2),
                                  pad(token_mask, 0.0) * response_mask, alpha, sign,
                                  self.sgsd_config.objective_config(), response_mask=response_mask)
+        return out.support
+
+    def _observe_utility(self, retrievals, support, alpha, sign) -> None:
+        """Credit each retrieved item with its teacher's polarity category (alpha-weighted)."""
         k = self.sgsd_config.top_k
         skill_ids = [[None] * k for _ in retrievals]
         mistake_ids = [[None] * k for _ in retrievals]
@@ -330,7 +333,7 @@ class SGSDTrainer(PPOTrainerSync):
                 skill_ids[row][pair.rank] = pair.skill.skill_id
                 mistake_ids[row][pair.rank] = pair.mistake.mistake_id
         threshold = self.sgsd_config.threshold if self.sgsd_config.ablation.use_threshold else 0.0
-        self.evolution.tracker.observe(skill_ids, mistake_ids, out.support, alpha, sign, threshold)
+        self.evolution.tracker.observe(skill_ids, mistake_ids, support, alpha, sign, threshold)
 
     def _score_teachers(self, plan, responses, response_masks) -> tuple[list[torch.Tensor], int]:
         """All teacher sequences through verl's log-prob call at once; response-aligned results."""

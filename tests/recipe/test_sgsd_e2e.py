@@ -89,6 +89,9 @@ def test_sgsd_runs_logs_finite_sgsd_metrics_and_changes_the_actor(live_run):
         assert fractions == pytest.approx(1.0, abs=1e-5)
         assert data["sgsd/teachers_per_problem"] == pytest.approx(4.0)  # sgsd.top_k=4, K_x = 4
         assert data["actor/grad_norm"] > 0
+        # the support distribution of the step: ordered quantiles within the clip
+        q = [data[f"sgsd/support_p{p}"] for p in ("10", "25", "50", "75", "90")]
+        assert q == sorted(q) and all(-3.0 <= v <= 3.0 for v in q)
     initial = load_file(live_run.model_dir / "model.safetensors")
     trained = load_file(live_run.checkpoint_dir / "global_step_3" / "actor" / "huggingface" / "model.safetensors")
     assert max((trained[k].float() - initial[k].float()).abs().max().item() for k in initial) > 1e-4

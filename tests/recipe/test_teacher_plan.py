@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from recipe.sgsd.teacher_pass import outcome_signs, plan_teachers, problem_text, scatter_teacher_log_probs
-from sgsd.bank import SkillBank
 from sgsd.prompts import ChatFormat, apply_chat, student_prompt, teacher_prompt
 from sgsd.retrieval import SkillRetriever
 

@@ -324,3 +324,15 @@ def test_shape_errors_name_the_tensor():
         sgsd_objective(student, teacher[0], mask, alpha, torch.tensor([1.0]))
     with pytest.raises(ValueError, match="alpha"):
         sgsd_objective(student, teacher, mask, alpha[:, :1], torch.tensor([1.0]))
+
+
+def test_support_quantiles_cover_only_present_teachers():
+    from sgsd.objective import support_quantiles
+
+    support = torch.tensor([[0.0, 1.0, 99.0], [2.0, 3.0, 4.0]])
+    present = torch.tensor([[True, True, False], [True, True, True]])
+    q = support_quantiles(support, present)
+    assert set(q) == {"support_p10", "support_p25", "support_p50", "support_p75", "support_p90"}
+    assert q["support_p50"] == pytest.approx(2.0)  # median of 0,1,2,3,4: the absent 99 is ignored
+    assert q["support_p90"] == pytest.approx(3.6) and q["support_p10"] == pytest.approx(0.4)
+    assert support_quantiles(support, torch.zeros_like(present)) == {}

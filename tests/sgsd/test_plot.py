@@ -89,7 +89,7 @@ def test_sgsd_panels_draw_the_sgsd_run_and_name_the_grpo_run_as_not_shown(sgsd_r
     gate = figures["gate_loss"].axes[0]
     assert _legend(gate) == ["sgsd", "gate loss", "SGSD loss (as optimised)"]
     assert list(gate.lines[0].get_ydata()) == sgsd_run.series("sgsd/gate_loss")[1]
-    assert list(figures["support"].axes[1].lines[0].get_ydata()) == sgsd_run.series("sgsd/clipped_frac")[1]
+    assert list(figures["support"].axes[2].lines[0].get_ydata()) == sgsd_run.series("sgsd/clipped_frac")[1]
     general, _ = figures["bank"].axes
     assert sorted(tuple(line.get_ydata()) for line in general.lines) == [(0.0,) * 4, (28.0,) * 4]
 
@@ -200,3 +200,16 @@ def test_cli_plot_bad_input_exits_2_with_one_line(tmp_path, capsys, args, messag
     assert captured.out == "" and len(lines) == 1
     assert lines[0].startswith("sgsd: error: ") and message in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_support_panel_draws_the_batch_quantiles_when_logged(tmp_path):
+    lines = [{"step": s, "data": {"sgsd/support_mean": 0.1 * s, "sgsd/support_abs_mean": 0.2 * s,
+                                  "sgsd/support_p10": -s, "sgsd/support_p50": 0.5 * s, "sgsd/support_p90": 2.0 * s,
+                                  "sgsd/clipped_frac": 0.1, "sgsd/below_threshold_frac": 0.2}} for s in (1, 2, 3)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    figures, _ = build_figures([load_run(path)])
+    quantiles = figures["support"].axes[1]
+    assert [list(line.get_ydata()) for line in quantiles.lines[:3]] == [[-1.0, -2.0, -3.0], [0.5, 1.0, 1.5],
+                                                                         [2.0, 4.0, 6.0]]
+    assert _legend(quantiles)[1:] == ["10th percentile", "median", "90th percentile"]
