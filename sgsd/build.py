@@ -63,6 +63,7 @@ from sgsd.parsing import parse_items
 from sgsd.records import RolloutRecord
 from sgsd.run_dir import RunDir, RunDirError
 from sgsd.skill_prompts import extraction_prompt, memory_generation_prompt
+from sgsd.updater import memory_record, trajectory_summary
 
 __all__ = [
     "DEFAULT_EXTRACTION_SETTINGS",
@@ -190,27 +191,9 @@ def _model_identity(spec: str) -> str:
 
 
 # --------------------------------------------------------------------- memories
-def trajectory_summary(completion: str, *, head: int = 3, tail: int = 3, max_line_chars: int = 300) -> str:
-    """First ``head`` and last ``tail`` non-empty lines of the reply's answer part, whitespace
-    collapsed and cut to ``max_line_chars``; the lines between are replaced by a count."""
-    text = completion
-    if "</think>" in text and text.rsplit("</think>", 1)[1].strip():
-        text = text.rsplit("</think>", 1)[1]
-    lines = [" ".join(line.split()) for line in text.splitlines()]
-    lines = [line if len(line) <= max_line_chars else line[:max_line_chars - 3] + "..." for line in lines if line]
-    if len(lines) > head + tail:
-        omitted = len(lines) - head - tail
-        lines = lines[:head] + [f"[... {omitted} more lines ...]"] + (lines[-tail:] if tail else [])
-    return "\n".join(lines)
-
-
 def make_memory(problem: Problem, completion: str, reward: float, max_chars: int) -> dict[str, Any]:
-    """A memory record (Alg. 2 line 5): the online updater's fields plus ``trajectory_summary``."""
-    from sgsd.updater import memory_record
-
-    memory = memory_record(RolloutRecord(problem.problem, completion, reward, answer=problem.answer), max_chars)
-    feedback = memory.pop("feedback")
-    return {**memory, "trajectory_summary": trajectory_summary(completion), "feedback": feedback}
+    """A memory record (Alg. 2 line 5), the same as the online updater's (:func:`sgsd.updater.memory_record`)."""
+    return memory_record(RolloutRecord(problem.problem, completion, reward, answer=problem.answer), max_chars)
 
 
 # --------------------------------------------------------------------- identity

@@ -36,7 +36,7 @@ from sgsd.records import RolloutRecord
 from sgsd.skill_prompts import extraction_prompt
 from sgsd.utility import utility_score
 
-__all__ = ["UpdateConfig", "UpdateReport", "SkillUpdater", "memory_record"]
+__all__ = ["UpdateConfig", "UpdateReport", "SkillUpdater", "memory_record", "trajectory_summary"]
 
 _KIND_OF = {True: "general_skills", False: "common_mistakes"}
 _DYN_PREFIX = {"general_skills": "gen_dyn_", "common_mistakes": "err_dyn_"}
@@ -93,8 +93,23 @@ class UpdateReport:
         return out
 
 
+def trajectory_summary(completion: str, *, head: int = 3, tail: int = 3, max_line_chars: int = 300) -> str:
+    """First ``head`` and last ``tail`` non-empty lines of the reply's answer part, whitespace
+    collapsed and cut to ``max_line_chars``; the lines between are replaced by a count."""
+    text = completion
+    if "</think>" in text and text.rsplit("</think>", 1)[1].strip():
+        text = text.rsplit("</think>", 1)[1]
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    lines = [line if len(line) <= max_line_chars else line[:max_line_chars - 3] + "..." for line in lines if line]
+    if len(lines) > head + tail:
+        omitted = len(lines) - head - tail
+        lines = lines[:head] + [f"[... {omitted} more lines ...]"] + (lines[-tail:] if tail else [])
+    return "\n".join(lines)
+
+
 def memory_record(record: RolloutRecord, max_chars: int) -> dict[str, Any]:
-    """A memory (paper Alg. 2: problem, completion, reward, answers, feedback) from a rollout."""
+    """A memory (paper Alg. 2: problem, completion, reward, answers, trajectory summary, feedback)
+    from a rollout; the cold-start builder and the online updater use the same one."""
     from sgsd.verifier import extract_boxed
 
     completion = record.response if len(record.response) <= max_chars else (
@@ -104,7 +119,8 @@ def memory_record(record: RolloutRecord, max_chars: int) -> dict[str, Any]:
                 "No final \\boxed{} answer was given." if predicted is None else
                 "The final answer does not match the reference.")
     return {"problem": record.problem, "completion": completion, "reward": record.reward,
-            "predicted_answer": predicted, "reference_answer": record.answer, "feedback": feedback}
+            "predicted_answer": predicted, "reference_answer": record.answer,
+            "trajectory_summary": trajectory_summary(record.response), "feedback": feedback}
 
 
 def _norm(text: str) -> str:
