@@ -50,3 +50,12 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture()
+def server():
+    """A fresh OpenAI-compatible chat endpoint on 127.0.0.1 that echoes (tests/chat_server.py)."""
+    from tests.chat_server import ChatServer
+
+    with ChatServer() as srv:
+        yield srv

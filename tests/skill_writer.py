@@ -11,10 +11,10 @@ so a real training run can use it through ``sgsd.update.writer=openai:URL#MODEL`
 
 from __future__ import annotations
 
+import itertools
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from tests.chat_server import ChatServer, ok_reply
 
 MERGE_MARKERS = ("merge", "Merge", "MERGE")
 
@@ -39,43 +39,10 @@ def writer_reply(prompt: str, n: int) -> str:
     return "<think>the answer is \\boxed{2}</think>\n" + json.dumps({"general_skills": items})
 
 
-class WriterServer:
-    """``POST /v1/chat/completions`` answered by :func:`writer_reply` (a context manager)."""
+class WriterServer(ChatServer):
+    """A :class:`tests.chat_server.ChatServer` answering with :func:`writer_reply` (a context manager)."""
 
     def __init__(self) -> None:
-        self.requests = 0
-        self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server._lock:
-                    server.requests += 1
-                    n = server.requests
-                content = writer_reply(body["messages"][-1]["content"], n)
-                data = json.dumps({"choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": content}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-
-    def __enter__(self) -> WriterServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(timeout=5)
+        counter = itertools.count(1)  # next() is atomic: concurrent requests get distinct numbers
+        super().__init__(lambda body, headers, attempt: (
+            200, ok_reply(writer_reply(body["messages"][-1]["content"], next(counter))), 0.0, {}))

@@ -100,7 +100,7 @@ def writer_runs(tmp_path_factory, shipped_bank):
                   "trainer.save_freq=2"]
         first = _run(CPURun(workdir, steps=4, extra=common))
         first_metrics = _by_step(first)
-        requests_first = server.requests
+        requests_first = len(server.requests)
         second = _run(CPURun(workdir, steps=6, extra=common))  # resumes from global_step_4
     return first, first_metrics, second, _by_step(second), bank_file, requests_first
 
