@@ -283,6 +283,12 @@ class SGSDTrainer(PPOTrainerSync):
             "sgsd_outcome_sign": outcome_signs(rewards, cfg.outcome_threshold),
         }, batch_size=[len(responses)])
         batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields, tags=batch.tags)
+        if len(responses):  # the batch's support distribution, and per-item utility (counted in the pass's time)
+            support = self._rollout_support(teacher_lp, student_lp, token_mask, response_masks, plan.alpha,
+                                            fields["sgsd_outcome_sign"])
+            metrics.update({f"sgsd/{k}": v for k, v in support_quantiles(support, plan.alpha > 0).items()})
+            if self.evolution.tracker is not None and cfg.teacher_context == "skills":
+                self._observe_utility(retrievals, support, plan.alpha, fields["sgsd_outcome_sign"])
 
         elapsed = time.perf_counter() - start
         if getattr(self, "_last_teacher_peak_mb", None) is not None:
@@ -298,15 +304,7 @@ class SGSDTrainer(PPOTrainerSync):
             "sgsd/short_pool_problems": (n_teachers < plan.alpha.shape[1]).float().mean().item(),
             "sgsd/truncated_teacher_prompts": float(plan.truncated),
             "sgsd/success_rate": (rewards > cfg.outcome_threshold).float().mean().item(),
-            "sgsd/bank_general_skills": float(len(self.skill_bank.general_skills)),
-            "sgsd/bank_common_mistakes": float(len(self.skill_bank.common_mistakes)),
-        })
-        if len(responses):
-            support = self._rollout_support(teacher_lp, student_lp, token_mask, response_masks, plan.alpha,
-                                            fields["sgsd_outcome_sign"])
-            metrics.update({f"sgsd/{k}": v for k, v in support_quantiles(support, plan.alpha > 0).items()})
-            if self.evolution.tracker is not None and cfg.teacher_context == "skills":
-                self._observe_utility(retrievals, support, plan.alpha, fields["sgsd_outcome_sign"])
+        })  # bank sizes: sgsd/bank/* from BankEvolution.metrics
         return batch
 
     def _rollout_support(self, teacher_lp, student_lp, token_mask, response_masks, alpha, sign) -> torch.Tensor:
