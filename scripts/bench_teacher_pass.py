@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
 
-from recipe.sgsd.cpu_run import CPURun  # noqa: E402
+from recipe.sgsd.cpu.run import CPURun  # noqa: E402
 from sgsd.tiny_model import build_tiny_model  # noqa: E402
 
 QWEN3_VOCAB = 151_936

@@ -18,5 +18,5 @@ STEPS="${STEPS:-4}"
 ESTIMATOR="${ESTIMATOR:-sgsd}"
 
 cd "$ROOT"
-"$SGSD_PY" -m recipe.sgsd.cpu_run --workdir "$WORKDIR" --steps "$STEPS" --estimator "$ESTIMATOR" \
+"$SGSD_PY" -m recipe.sgsd.cpu.run --workdir "$WORKDIR" --steps "$STEPS" --estimator "$ESTIMATOR" \
     ${VARIANT:+--variant "$VARIANT"} "$@"

@@ -12,7 +12,8 @@ File format (exactly what the original SGSD code released, paper Tab. 5)::
 This project writes a superset: an item may carry ``"origin": "dynamic"`` (added by the
 online updater; items without it are static cold-start entries that are never changed)
 and any further keys are kept verbatim through load/save. One of them is checked: an
-item's ``"utility"`` record (:mod:`sgsd.utility`) must map its known keys to numbers >= 0.
+item's ``"utility"`` record (written by :mod:`sgsd.item_utility`) must map its known keys to
+numbers >= 0 (:func:`check_utility_record`, the record's one validator).
 
 Loading validates everything and raises :class:`BankError` with a message that names
 the file, the collection, the entry index, its id and the field. Saving is atomic
@@ -22,6 +23,7 @@ the file, the collection, the entry index, its id and the field. Saving is atomi
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -30,7 +32,6 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from sgsd.atomic import atomic_write_json
-from sgsd.utility import UTILITY_KEY, check_utility_record
 
 __all__ = [
     "BankError",
@@ -38,8 +39,32 @@ __all__ = [
     "GeneralSkill",
     "Origin",
     "SkillBank",
+    "UTILITY_KEY",
+    "UTILITY_RECORD_KEYS",
+    "check_utility_record",
     "snapshot_path",
 ]
+
+# The per-item utility record (beyond the paper; accumulated by sgsd.item_utility): the
+# alpha-weighted teacher categories of Tab. 2 and the number of uses, in each item's extra key.
+UTILITY_KEY = "utility"
+UTILITY_RECORD_KEYS = ("helpful", "warning", "over_suppressive", "misleading", "neutral", "uses")
+
+
+def check_utility_record(raw: Any) -> None:
+    """Raise ``ValueError`` (message starts with the offending key) unless ``raw`` is a
+    utility record: a mapping of keys from :data:`UTILITY_RECORD_KEYS` (any subset; missing keys
+    count 0) to finite numbers >= 0."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"must be an object, got {type(raw).__name__}")
+    for key, value in raw.items():
+        if key not in UTILITY_RECORD_KEYS:
+            raise ValueError(f"unknown key {key!r} (expected some of {UTILITY_RECORD_KEYS})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"'{key}' must be a number, got {type(value).__name__}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"'{key}' must be a finite number >= 0, got {value!r}")
+
 
 Origin = Literal["static", "dynamic"]
 _ORIGINS = ("static", "dynamic")

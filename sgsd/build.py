@@ -63,7 +63,7 @@ from sgsd.parsing import parse_items
 from sgsd.records import RolloutRecord
 from sgsd.run_dir import RunDir, RunDirError
 from sgsd.skill_prompts import extraction_prompt, memory_generation_prompt
-from sgsd.updater import memory_record, trajectory_summary
+from sgsd.records import memory_record
 
 __all__ = [
     "DEFAULT_EXTRACTION_SETTINGS",
@@ -78,7 +78,6 @@ __all__ = [
     "load_seed_set",
     "make_memory",
     "resolve_model_spec",
-    "trajectory_summary",
 ]
 
 TRAIN_SETS = ("math_train", "gsm8k")
@@ -192,7 +191,7 @@ def _model_identity(spec: str) -> str:
 
 # --------------------------------------------------------------------- memories
 def make_memory(problem: Problem, completion: str, reward: float, max_chars: int) -> dict[str, Any]:
-    """A memory record (Alg. 2 line 5), the same as the online updater's (:func:`sgsd.updater.memory_record`)."""
+    """A memory record (Alg. 2 line 5), the same as the online updater's (:func:`sgsd.records.memory_record`)."""
     return memory_record(RolloutRecord(problem.problem, completion, reward, answer=problem.answer), max_chars)
 
 

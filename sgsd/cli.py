@@ -42,7 +42,7 @@ def _resolve(value: str, shipped: Sequence[str], locate) -> Path:
 
 
 def cmd_bank_inspect(args: argparse.Namespace) -> int:
-    from sgsd.utility import CATEGORIES, PRIOR_WEIGHT, UTILITY_KEY, utility_of, utility_score
+    from sgsd.item_utility import CATEGORIES, PRIOR_WEIGHT, UTILITY_KEY, utility_of, utility_score
 
     bank = SkillBank.load(_resolve(args.path, datasets.SKILL_BANKS, datasets.bank_path))
     counts = bank.counts()
@@ -213,7 +213,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Sample, grade and score (:mod:`sgsd.eval`); 0: complete, 1: failed requests left to retry."""
     from sgsd import eval as evaluation
-    from sgsd.eval_models import ModelError, ModelSource
+    from sgsd.eval.models import ModelError, ModelSource
 
     if not args.datasets:
         raise CLIError("--datasets is required, e.g. --datasets aime24,aime25,hmmt25")
@@ -244,9 +244,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_compare(args: argparse.Namespace) -> int:
-    """The paper's Tab. 3 layout over run folders (:mod:`sgsd.eval_report`): markdown and PNG."""
+    """The paper's Tab. 3 layout over run folders (:mod:`sgsd.eval.report`): markdown and PNG."""
     from sgsd.atomic import atomic_write_text
-    from sgsd.eval_report import ReportError, compare_runs, write_png
+    from sgsd.eval.report import ReportError, compare_runs, write_png
 
     try:
         table = compare_runs(args.runs, args.name or (), args.metric,
@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", help="bank JSON file (or a shipped bank name)")
     inspect.add_argument("--json", action="store_true", help="one JSON object on stdout")
     inspect.add_argument("--by-utility", action="store_true",
-                         help="list every item with its training utility, best first (sgsd.utility)")
+                         help="list every item with its training utility, best first (sgsd.item_utility)")
     inspect.set_defaults(func=cmd_bank_inspect)
     merge = bank_sub.add_parser("merge", help="hierarchically merge raw candidates into a bank (paper Alg. 3)")
     merge.add_argument("raw", help="raw candidate bank JSON (same layout as a bank)")

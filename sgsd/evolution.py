@@ -1,7 +1,7 @@
 """The live skill bank of a training run: window, updates, utility, files, resume.
 
 :class:`BankEvolution` is everything the trainer needs around :class:`sgsd.updater.SkillUpdater`
-(paper Alg. 4) and :class:`sgsd.utility.UtilityTracker`, with no verl in it:
+(paper Alg. 4) and :class:`sgsd.item_utility.UtilityTracker`, with no verl in it:
 
 * :meth:`add_records` feeds the rollout records of a step into a :class:`RecordWindow`;
 * :meth:`update` runs one online update on the window (every ``freq`` steps — the
@@ -35,7 +35,7 @@ from sgsd.atomic import atomic_write_json
 from sgsd.bank import SkillBank
 from sgsd.records import RolloutRecord
 from sgsd.updater import SkillUpdater, UpdateReport, with_update_metadata
-from sgsd.utility import UtilityTracker
+from sgsd.item_utility import UtilityTracker
 
 __all__ = ["BankEvolution", "RecordWindow", "LATEST_NAME"]
 

@@ -20,7 +20,7 @@ teachers.png      ``sgsd/teachers_per_problem`` (scored by the loss) and
                   ``sgsd/teachers_per_problem_retrieved``
 bank.png          static and dynamic items per collection: ``sgsd/bank/<collection>_<origin>``,
                   or the counts of the bank snapshots when the metrics lack them
-utility.png       the best and worst items of the latest bank by :func:`sgsd.utility.utility_score`,
+utility.png       the best and worst items of the latest bank by :func:`sgsd.item_utility.utility_score`,
                   beside the alpha-weighted share of each teacher category in their record
 ================  ==========================================================================
 
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sgsd.run_metrics import RunData
-from sgsd.utility import CATEGORIES, utility_of, utility_score
+from sgsd.item_utility import CATEGORIES, utility_of, utility_score
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -312,7 +312,7 @@ def _ranked(run: RunData) -> tuple[list[Any], str]:
 
 
 def _utility(runs: Sequence[RunData]) -> tuple[Figure | None, dict[str, str]]:
-    title = "Skill utility in the latest bank (sgsd.utility)"
+    title = "Skill utility in the latest bank (sgsd.item_utility)"
     shown, missing = [], {}
     for run in runs:
         used, why = _ranked(run)

@@ -1,6 +1,7 @@
 """Rollout records for the online skill updater (paper Alg. 4's window W).
 
-Every scored rollout becomes a :class:`RolloutRecord`; a :class:`RecordBuffer` keeps the
+Every scored rollout becomes a :class:`RolloutRecord` (and, for a skill writer, a memory:
+:func:`memory_record`, the same for the cold-start builder and the online updater); a :class:`RecordBuffer` keeps the
 ones not yet read, bounded in size (the oldest are dropped first, and counted, so a
 stalled reader cannot grow memory without limit), and hands them out exactly once.
 """
@@ -11,8 +12,9 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
-__all__ = ["RecordBuffer", "RolloutRecord"]
+__all__ = ["RecordBuffer", "RolloutRecord", "memory_record", "trajectory_summary"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +67,33 @@ class RecordBuffer:
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
+
+
+def trajectory_summary(completion: str, *, head: int = 3, tail: int = 3, max_line_chars: int = 300) -> str:
+    """First ``head`` and last ``tail`` non-empty lines of the reply's answer part, whitespace
+    collapsed and cut to ``max_line_chars``; the lines between are replaced by a count."""
+    text = completion
+    if "</think>" in text and text.rsplit("</think>", 1)[1].strip():
+        text = text.rsplit("</think>", 1)[1]
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    lines = [line if len(line) <= max_line_chars else line[:max_line_chars - 3] + "..." for line in lines if line]
+    if len(lines) > head + tail:
+        omitted = len(lines) - head - tail
+        lines = lines[:head] + [f"[... {omitted} more lines ...]"] + (lines[-tail:] if tail else [])
+    return "\n".join(lines)
+
+
+def memory_record(record: RolloutRecord, max_chars: int) -> dict[str, Any]:
+    """A memory (paper Alg. 2: problem, completion, reward, answers, trajectory summary, feedback)
+    from a rollout; the cold-start builder and the online updater use the same one."""
+    from sgsd.verifier import extract_boxed
+
+    completion = record.response if len(record.response) <= max_chars else (
+        record.response[: max_chars // 2] + "\n...\n" + record.response[-max_chars // 2:])
+    predicted = extract_boxed(record.response)
+    feedback = ("The final answer matches the reference." if record.success else
+                "No final \\boxed{} answer was given." if predicted is None else
+                "The final answer does not match the reference.")
+    return {"problem": record.problem, "completion": completion, "reward": record.reward,
+            "predicted_answer": predicted, "reference_answer": record.answer,
+            "trajectory_summary": trajectory_summary(record.response), "feedback": feedback}

@@ -8,7 +8,7 @@
   is an error naming the file and the line.
 * The bank directory (``sgsd.bank_output_dir``, default ``<trainer.default_local_dir>/sgsd_bank``)
   holds ``bank.json`` (the latest bank) and ``bank.step_NNNNNN.json`` (one per applied update).
-* A run directory of ``python -m recipe.sgsd.cpu_run`` holds both: ``metrics.jsonl`` and
+* A run directory of ``python -m recipe.sgsd.cpu.run`` holds both: ``metrics.jsonl`` and
   ``checkpoints/sgsd_bank``. verl's defaults put them, relative to the launch folder, at
   ``<project>/<experiment>.jsonl`` and ``checkpoints/<project>/<experiment>/sgsd_bank``
   (the GPU scripts' layout); both layouts are found from the metrics path alone.
@@ -32,7 +32,7 @@ from sgsd.evolution import LATEST_NAME
 __all__ = ["BANK_SUBDIR", "METRICS_NAME", "BankSnapshot", "RunData", "RunMetricsError", "load_bank_dir",
            "load_metrics", "load_run"]
 
-METRICS_NAME = "metrics.jsonl"  # recipe.sgsd.cpu_run's file-logger path inside a run directory
+METRICS_NAME = "metrics.jsonl"  # recipe.sgsd.cpu.run's file-logger path inside a run directory
 BANK_SUBDIR = Path("checkpoints") / "sgsd_bank"
 _SNAPSHOT = re.compile(r"\.step_(\d+)\.json$")
 

@@ -8,11 +8,11 @@ are merged (Alg. 3), candidates that repeat an item already in the bank are drop
 most ``max_new_items`` survive per collection, and they join the bank as DYNAMIC items
 with stable ids (``gen_dyn_0001``...; existing ids never change). Each collection keeps
 at most ``capacity`` dynamic items: beyond it the existing dynamic items with the lowest
-:func:`sgsd.utility.utility_score` are pruned first (ties: oldest first, so a bank
+:func:`sgsd.item_utility.utility_score` are pruned first (ties: oldest first, so a bank
 without utility records is pruned by age). Items added by this very update are
 protected; at most ``capacity`` of them are admitted, so they never have to be pruned.
 Static (cold-start) items are never touched. The scores are the ones stored in the
-bank: a trainer applies its :class:`sgsd.utility.UtilityTracker` before updating.
+bank: a trainer applies its :class:`sgsd.item_utility.UtilityTracker` before updating.
 
 Nothing here raises for a bad model reply: an update whose calls fail or whose replies
 cannot be parsed adds nothing, and the bank is returned as it was, with the counts in
@@ -32,11 +32,11 @@ from sgsd.bank import CommonMistake, GeneralSkill, SkillBank
 from sgsd.llm.base import GenerationSettings, LLMClient
 from sgsd.merge import hierarchical_merge
 from sgsd.parsing import parse_items
-from sgsd.records import RolloutRecord
+from sgsd.records import RolloutRecord, memory_record
 from sgsd.skill_prompts import extraction_prompt
-from sgsd.utility import utility_score
+from sgsd.item_utility import utility_score
 
-__all__ = ["UpdateConfig", "UpdateReport", "SkillUpdater", "memory_record", "trajectory_summary"]
+__all__ = ["UpdateConfig", "UpdateReport", "SkillUpdater"]
 
 _KIND_OF = {True: "general_skills", False: "common_mistakes"}
 _DYN_PREFIX = {"general_skills": "gen_dyn_", "common_mistakes": "err_dyn_"}
@@ -91,36 +91,6 @@ class UpdateReport:
             for kind, value in getattr(self, name).items():
                 out[f"sgsd/update/{name}_{kind}"] = float(value)
         return out
-
-
-def trajectory_summary(completion: str, *, head: int = 3, tail: int = 3, max_line_chars: int = 300) -> str:
-    """First ``head`` and last ``tail`` non-empty lines of the reply's answer part, whitespace
-    collapsed and cut to ``max_line_chars``; the lines between are replaced by a count."""
-    text = completion
-    if "</think>" in text and text.rsplit("</think>", 1)[1].strip():
-        text = text.rsplit("</think>", 1)[1]
-    lines = [" ".join(line.split()) for line in text.splitlines()]
-    lines = [line if len(line) <= max_line_chars else line[:max_line_chars - 3] + "..." for line in lines if line]
-    if len(lines) > head + tail:
-        omitted = len(lines) - head - tail
-        lines = lines[:head] + [f"[... {omitted} more lines ...]"] + (lines[-tail:] if tail else [])
-    return "\n".join(lines)
-
-
-def memory_record(record: RolloutRecord, max_chars: int) -> dict[str, Any]:
-    """A memory (paper Alg. 2: problem, completion, reward, answers, trajectory summary, feedback)
-    from a rollout; the cold-start builder and the online updater use the same one."""
-    from sgsd.verifier import extract_boxed
-
-    completion = record.response if len(record.response) <= max_chars else (
-        record.response[: max_chars // 2] + "\n...\n" + record.response[-max_chars // 2:])
-    predicted = extract_boxed(record.response)
-    feedback = ("The final answer matches the reference." if record.success else
-                "No final \\boxed{} answer was given." if predicted is None else
-                "The final answer does not match the reference.")
-    return {"problem": record.problem, "completion": completion, "reward": record.reward,
-            "predicted_answer": predicted, "reference_answer": record.answer,
-            "trajectory_summary": trajectory_summary(record.response), "feedback": feedback}
 
 
 def _norm(text: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 from sgsd.atomic import atomic_path
 from sgsd.datasets import BENCHMARKS, Problem, ProblemFileError, benchmark_path, shipped_path
-from sgsd.prompts import skill_student_prompt, student_prompt
+from sgsd.prompts import ANSWER_INSTRUCTION, skill_student_prompt, student_prompt
 
 __all__ = [
     "DAPO_HUB_ID",
@@ -38,6 +38,7 @@ __all__ = [
     "dapo_problems",
     "iter_dapo_hub_rows",
     "iter_parquet_rows",
+    "problem_text",
     "shipped_set_path",
     "strip_dapo_wrapper",
     "to_verl_rows",
@@ -115,6 +116,22 @@ def to_verl_rows(problems: Sequence[Problem], data_source: str, split: str,
             },
         })
     return rows
+
+
+def problem_text(extra_info: dict | None, raw_prompt) -> str:
+    """The plain problem of a verl row (or of a rollout made from one): the inverse of
+    :func:`to_verl_rows`. ``extra_info["problem"]`` as written there, else the last user message of the chat prompt with this
+    project's student-prompt wrapper removed."""
+    if isinstance(extra_info, dict) and isinstance(extra_info.get("problem"), str) and extra_info["problem"].strip():
+        return extra_info["problem"]
+    messages = list(raw_prompt) if raw_prompt is not None else []
+    users = [m["content"] for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not users:
+        raise ValueError("rollout has neither extra_info.problem nor a user message to rebuild teacher prompts from")
+    text = users[-1]
+    if text.startswith("Problem: ") and text.endswith(ANSWER_INSTRUCTION):
+        text = text[len("Problem: "):-len(ANSWER_INSTRUCTION)].strip()
+    return text
 
 
 def retrieve_student_guidance(problems: Sequence[Problem], retriever: Any) -> list[tuple[list, list]]:

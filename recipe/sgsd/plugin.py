@@ -43,7 +43,7 @@ def compute_sgsd_advantage(token_level_rewards: torch.Tensor, response_mask: tor
 
 
 def _register_components() -> None:
-    from recipe.sgsd import cpu_backend  # noqa: F401  (registers only when VERL_PLATFORM=cpu)
+    from recipe.sgsd.cpu import backend  # noqa: F401  (registers only when VERL_PLATFORM=cpu)
     from recipe.sgsd import reward_hook  # noqa: F401  (reward manager "sgsd")
     from recipe.sgsd import trainer  # noqa: F401  (v1 trainer "sgsd")
 

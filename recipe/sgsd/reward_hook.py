@@ -86,7 +86,7 @@ def _is_validation(non_tensor: dict) -> bool:
 
 def make_record(non_tensor: dict, response: str, reward: float) -> RolloutRecord:
     """A record from one trajectory's dataset fields (verl's non-tensor batch item)."""
-    from recipe.sgsd.teacher_pass import problem_text
+    from sgsd.verl_data import problem_text
 
     extra_info = non_tensor.get("extra_info") or {}
     reward_model = non_tensor.get("reward_model") or {}

@@ -152,21 +152,3 @@ def scoring_order(lengths: list[int], dp: int) -> list[int]:
 def outcome_signs(rewards: torch.Tensor, threshold: float) -> torch.Tensor:
     """``+1`` where the verifier reward exceeds ``threshold``, else ``-1`` (decisions table)."""
     return torch.where(rewards > threshold, 1.0, -1.0)
-
-
-def problem_text(extra_info: dict | None, raw_prompt) -> str:
-    """The plain problem of a rollout: ``extra_info["problem"]`` as written by
-    ``scripts/prepare_data.py``, else the last user message of the chat prompt with this
-    project's student-prompt wrapper removed."""
-    if isinstance(extra_info, dict) and isinstance(extra_info.get("problem"), str) and extra_info["problem"].strip():
-        return extra_info["problem"]
-    messages = list(raw_prompt) if raw_prompt is not None else []
-    users = [m["content"] for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    if not users:
-        raise ValueError("rollout has neither extra_info.problem nor a user message to rebuild teacher prompts from")
-    text = users[-1]
-    from sgsd.prompts import ANSWER_INSTRUCTION
-
-    if text.startswith("Problem: ") and text.endswith(ANSWER_INSTRUCTION):
-        text = text[len("Problem: "):-len(ANSWER_INSTRUCTION)].strip()
-    return text

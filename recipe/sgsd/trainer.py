@@ -26,14 +26,13 @@ import transfer_queue as tq
 from omegaconf import OmegaConf, open_dict
 from tensordict import TensorDict
 
-from recipe.sgsd import probe as memory_probe
+from recipe.sgsd import memory_probe
 from recipe.sgsd.loss import SGSDActorLoss
 from recipe.sgsd.policy_writer import PolicyWriterClient
 from recipe.sgsd.reward_hook import record_buffer
 from recipe.sgsd.teacher_pass import (
     outcome_signs,
     plan_teachers,
-    problem_text,
     scatter_teacher_log_probs,
     scoring_order,
 )
@@ -48,7 +47,8 @@ from sgsd.prompts import ChatFormat
 from sgsd.retrieval import ProblemRetrieval, SentenceTransformerEncoder, SkillRetriever
 from sgsd.token_mask import TokenMaskBuilder
 from sgsd.updater import SkillUpdater, UpdateConfig
-from sgsd.utility import UtilityTracker
+from sgsd.verl_data import problem_text
+from sgsd.item_utility import UtilityTracker
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.utils.debug import marked_timer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from recipe.sgsd.cpu_run import CPURun
+from recipe.sgsd.cpu.run import CPURun
 from sgsd.bank import SkillBank
-from sgsd.utility import utility_of
+from sgsd.item_utility import utility_of
 from tests.skill_writer import WriterServer
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ REWARD = ["reward.custom_reward_function.path=pkg://tests.alternating_reward",
 
 
 def _skip_on_gpu() -> None:
-    from recipe.sgsd.cpu_backend import gpu_present
+    from recipe.sgsd.cpu.backend import gpu_present
 
     if gpu_present():
         pytest.skip("the CPU backend stays off on GPU machines")

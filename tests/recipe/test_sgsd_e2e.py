@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipe.sgsd.cpu_run import CPURun
+from recipe.sgsd.cpu.run import CPURun
 from sgsd.objective import sgsd_objective
 
 pytestmark = pytest.mark.slow
 
 
 def _run(workdir: Path, steps: int, *extra: str) -> CPURun:
-    from recipe.sgsd.cpu_backend import gpu_present
+    from recipe.sgsd.cpu.backend import gpu_present
 
     if gpu_present():
         pytest.skip("the CPU backend stays off on GPU machines")

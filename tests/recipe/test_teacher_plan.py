@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recipe.sgsd.teacher_pass import outcome_signs, plan_teachers, problem_text, scatter_teacher_log_probs
+from recipe.sgsd.teacher_pass import outcome_signs, plan_teachers, scatter_teacher_log_probs
 from sgsd.prompts import ChatFormat, apply_chat, student_prompt, teacher_prompt
 from sgsd.retrieval import SkillRetriever
 
@@ -68,15 +68,6 @@ def test_scatter_places_each_teacher_and_fills_absent_slots_with_the_student():
 def test_outcome_sign_threshold():
     assert outcome_signs(torch.tensor([1.0, 0.0, -1.0, 0.5]), 0.0).tolist() == [1.0, -1.0, -1.0, 1.0]
     assert outcome_signs(torch.tensor([0.5]), 0.5).tolist() == [-1.0]
-
-
-def test_problem_text_from_extra_info_or_the_chat_prompt():
-    assert problem_text({"problem": "P?"}, None) == "P?"
-    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": student_prompt("What is {x}?")}]
-    assert problem_text({}, messages) == "What is {x}?"
-    assert problem_text(None, [{"role": "user", "content": "raw question"}]) == "raw question"
-    with pytest.raises(ValueError, match="neither extra_info.problem nor a user message"):
-        problem_text({}, [])
 
 
 @pytest.mark.parametrize("dp", [1, 2, 3])
@@ -144,4 +135,6 @@ def test_student_guidance_rows_carry_the_skills_but_extra_info_stays_plain(encod
     assert "### General Principles" in content and first.skill.title in content
     assert content.endswith(student_prompt(problems[0].problem))
     assert rows[0]["extra_info"]["problem"] == problems[0].problem
+    from sgsd.verl_data import problem_text
+
     assert problem_text(rows[0]["extra_info"], rows[0]["prompt"]) == problems[0].problem

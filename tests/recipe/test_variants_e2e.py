@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from recipe.sgsd.cpu_run import CPURun
+from recipe.sgsd.cpu.run import CPURun
 from recipe.sgsd.variants import VARIANTS
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def _check_prompts(run: CPURun, name: str) -> None:
 
 @pytest.mark.parametrize("name", [n for n in VARIANTS if n != "no_all"])  # no_all = no_robust
 def test_variant_runs_one_step_through_the_real_trainer(tmp_path, name):
-    from recipe.sgsd.cpu_backend import gpu_present
+    from recipe.sgsd.cpu.backend import gpu_present
 
     if gpu_present():
         pytest.skip("the CPU backend stays off on GPU machines")

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from sgsd.bank import SkillBank
-from sgsd.build import FILES, BuildConfig, BuildError, build_bank, load_seed_set, make_memory, trajectory_summary
+from sgsd.build import FILES, BuildConfig, BuildError, build_bank, load_seed_set, make_memory
+from sgsd.records import trajectory_summary
 from sgsd.cli import main
 from sgsd.datasets import Problem, shipped_path
 from sgsd.llm.scripted import ScriptedClient

@@ -15,7 +15,7 @@ from sgsd.evolution import BankEvolution, RecordWindow
 from sgsd.llm.scripted import ScriptedClient
 from sgsd.records import RolloutRecord
 from sgsd.updater import SkillUpdater, UpdateConfig
-from sgsd.utility import UtilityTracker, utility_of
+from sgsd.item_utility import UtilityTracker, utility_of
 from tests.skill_writer import writer_reply
 
 

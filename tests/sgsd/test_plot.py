@@ -14,7 +14,7 @@ import pytest
 from sgsd.cli import main
 from sgsd.plot import PANELS, UTILITY_ITEMS, PlotError, build_figures, render
 from sgsd.run_metrics import RunData, load_run
-from sgsd.utility import CATEGORIES, utility_of, utility_score
+from sgsd.item_utility import CATEGORIES, utility_of, utility_score
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "tests" / "data" / "plot_runs"

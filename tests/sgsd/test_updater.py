@@ -10,7 +10,8 @@ import pytest
 from sgsd.bank import SkillBank
 from sgsd.llm.base import Completion, LLMStats
 from sgsd.records import RolloutRecord
-from sgsd.updater import SkillUpdater, UpdateConfig, memory_record
+from sgsd.records import memory_record
+from sgsd.updater import SkillUpdater, UpdateConfig
 
 
 class Writer:

@@ -271,3 +271,15 @@ def test_library_module_stays_light():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_problem_text_from_extra_info_or_the_chat_prompt():
+    from sgsd.prompts import student_prompt
+    from sgsd.verl_data import problem_text
+
+    assert problem_text({"problem": "P?"}, None) == "P?"
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": student_prompt("What is {x}?")}]
+    assert problem_text({}, messages) == "What is {x}?"
+    assert problem_text(None, [{"role": "user", "content": "raw question"}]) == "raw question"
+    with pytest.raises(ValueError, match="neither extra_info.problem nor a user message"):
+        problem_text({}, [])

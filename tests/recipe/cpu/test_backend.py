@@ -1,4 +1,4 @@
-"""The CPU backend for verl 0.9.1 (recipe/sgsd/cpu_backend.py, hf_rollout.py).
+"""The CPU backend for verl 0.9.1 (recipe/sgsd/cpu/backend.py, hf_rollout.py).
 
 Fast: importing the backend where it is not selected (or where a GPU exists) changes
 nothing. Slow: the registrations land in verl's registries; the ``hf`` rollout server
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 _SELECTORS = ("VERL_PLATFORM", "SGSD_CPU_BACKEND", "VERL_USE_EXTERNAL_MODULES")
 # The backend alone: the SGSD recipe's `verl.plugins` entry point stays out of these runs.
 _ONLY_THE_BACKEND = {"VERL_USE_EXTERNAL_PLUGINS": "none"}
@@ -43,7 +43,7 @@ _SNAPSHOT_AFTER_IMPORT = """
 import json, os, sys
 {prelude}
 env_before, hooks_before = dict(os.environ), list(sys.meta_path)
-import recipe.sgsd.cpu_backend as cb
+import recipe.sgsd.cpu.backend as cb
 print(json.dumps({{
     "installed": cb._installed,
     "install_again": cb.install(),
@@ -99,16 +99,16 @@ print(json.dumps({
     "adapter": _ROLLOUT_REGISTRY[("hf", "async")],
 }))
 """
-    from recipe.sgsd.cpu_backend import gpu_present
+    from recipe.sgsd.cpu.backend import gpu_present
 
     if gpu_present():
         pytest.skip("the CPU backend stays off on GPU machines")
-    report = _fresh(code, _env(VERL_PLATFORM="cpu", VERL_USE_EXTERNAL_MODULES="recipe.sgsd.cpu_backend"))
+    report = _fresh(code, _env(VERL_PLATFORM="cpu", VERL_USE_EXTERNAL_MODULES="recipe.sgsd.cpu.backend"))
     assert report == {
         "device": "cpu", "backend": "gloo", "resource": "GPU", "flops_finite": True,
         "max_mem": report["max_mem"], "gloo_patched": True,
         "engine": "FSDPEngineWithLMHead", "value_engine": "FSDPEngineWithValueHead", "unpinned": True,
-        "replica": "HFReplica", "adapter": "recipe.sgsd.hf_rollout.HFServerAdapter",
+        "replica": "HFReplica", "adapter": "recipe.sgsd.cpu.hf_rollout.HFServerAdapter",
     }
     assert report["max_mem"] > 0
 
@@ -122,7 +122,7 @@ def test_hf_rollout_server_generates_and_takes_weights(tiny_model_dir, monkeypat
         monkeypatch.setenv(key, value)
     import torch
 
-    from recipe.sgsd.hf_rollout import HFRolloutServer
+    from recipe.sgsd.cpu.hf_rollout import HFRolloutServer
     from verl.workers.config import HFModelConfig, RolloutConfig
 
     config = RolloutConfig(name="hf", prompt_length=64, response_length=12, tensor_model_parallel_size=1)
@@ -187,8 +187,8 @@ def _write_math_parquet(path: Path, n_rows: int) -> None:
 def test_grpo_two_steps_on_cpu_through_verl_main_ppo(tmp_path, tiny_model_dir):
     from safetensors.torch import load_file
 
-    from recipe.sgsd.cpu_backend import gpu_present
-    from recipe.sgsd.cpu_overrides import CPU_OVERRIDES, cpu_env
+    from recipe.sgsd.cpu.backend import gpu_present
+    from recipe.sgsd.cpu.overrides import CPU_OVERRIDES, cpu_env
 
     if gpu_present():
         pytest.skip("the CPU backend stays off on GPU machines")

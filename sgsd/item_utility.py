@@ -40,16 +40,15 @@ bank and the CLI stay light.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from sgsd.bank import UTILITY_KEY, UTILITY_RECORD_KEYS, BankItem, SkillBank, check_utility_record
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-    from sgsd.bank import BankItem, SkillBank
 
 __all__ = [
     "CATEGORIES",
@@ -63,9 +62,8 @@ __all__ = [
     "utility_score",
 ]
 
-CATEGORIES = ("helpful", "warning", "over_suppressive", "misleading", "neutral")
-RECORD_KEYS = (*CATEGORIES, "uses")
-UTILITY_KEY = "utility"  # the bank item's extra key
+CATEGORIES = UTILITY_RECORD_KEYS[:-1]  # the five teacher categories of Tab. 2, then "uses"
+RECORD_KEYS = UTILITY_RECORD_KEYS
 PRIOR_WEIGHT = 1.0  # pseudo-weight of polarity 0 every item starts with (see module doc)
 _DIGITS = 6  # stored weights are rounded to this many decimals (JSON stays short)
 _POSITIVE = ("helpful", "warning")
@@ -107,21 +105,6 @@ def classify_teachers(support: torch.Tensor, outcome_sign: torch.Tensor, thresho
 
 
 # --------------------------------------------------------------------- records
-def check_utility_record(raw: Any) -> None:
-    """Raise ``ValueError`` (message starts with the offending key) unless ``raw`` is a
-    utility record: a mapping of keys from :data:`RECORD_KEYS` (any subset; missing keys
-    count 0) to finite numbers >= 0."""
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"must be an object, got {type(raw).__name__}")
-    for key, value in raw.items():
-        if key not in RECORD_KEYS:
-            raise ValueError(f"unknown key {key!r} (expected some of {RECORD_KEYS})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"'{key}' must be a number, got {type(value).__name__}")
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"'{key}' must be a finite number >= 0, got {value!r}")
-
-
 def _zeros() -> dict[str, float]:
     return dict.fromkeys(RECORD_KEYS, 0.0)
 

@@ -7,7 +7,7 @@ writes a verl parquet from the shipped MATH subset, and runs
 Qwen3-1.7B skill bank and the packaged MiniLM encoder, logging with verl's ``console``
 and ``file`` loggers (one JSON object per step).
 
-    python -m recipe.sgsd.cpu_run --workdir outputs/sgsd_cpu [--steps 4] [--estimator grpo] [override ...]
+    python -m recipe.sgsd.cpu.run --workdir outputs/sgsd_cpu [--steps 4] [--estimator grpo] [override ...]
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recipe.sgsd.cpu_overrides import CPU_OVERRIDES, cpu_env
+from recipe.sgsd.cpu.overrides import CPU_OVERRIDES, cpu_env
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass

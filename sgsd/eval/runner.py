@@ -9,7 +9,7 @@ Base+Skill mode (``skills=BANK``) shows the student the top-K retrieved skill-mi
 pairs instead (:func:`sgsd.prompts.skill_student_prompt`, the paper's Base+Skill row).
 A sample is graded on its final answer: the text after the last ``</think>`` (a reply
 whose thinking never closed has none), its last ``\\boxed{}`` checked by
-:func:`sgsd.verifier.grade`. Metrics: :mod:`sgsd.eval_metrics`; tables: :mod:`sgsd.eval_report`.
+:func:`sgsd.verifier.grade`. Metrics: :mod:`sgsd.eval.metrics`; tables: :mod:`sgsd.eval.report`.
 
 Datasets are shipped benchmark names (``aime24``, ``aime25``, ``hmmt25``, ``amc2023`` or
 ``amc23``, ``math500``) or JSONL/JSON/parquet files of ``problem``/``answer`` rows.
@@ -45,8 +45,8 @@ from typing import Any
 
 from sgsd.atomic import atomic_write_json, atomic_write_text
 from sgsd.datasets import BENCHMARKS, Problem, ProblemFileError, load_problems, shipped_path
-from sgsd.eval_metrics import GradedSample, score_problem, verifier_equivalent
-from sgsd.eval_models import BACKENDS, ModelError, ModelSource, make_eval_client, pick_backend, prepare_model
+from sgsd.eval.metrics import GradedSample, score_problem, verifier_equivalent
+from sgsd.eval.models import BACKENDS, ModelError, ModelSource, make_eval_client, pick_backend, prepare_model
 from sgsd.llm.base import GenerationSettings, LLMClient
 from sgsd.prompts import skill_student_prompt, student_prompt
 from sgsd.run_dir import RunDir, RunDirError
@@ -390,7 +390,7 @@ def write_summary(out: Path, config: EvalConfig, *, backend: str | None = None, 
     """Score every dataset folder of ``out`` and write ``summary.json`` and ``summary.md``."""
     import json
 
-    from sgsd.eval_report import summary_markdown
+    from sgsd.eval.report import summary_markdown
 
     n, k = config.samples, config.pass_k
     identity = json.loads((out / IDENTITY).read_text(encoding="utf-8"))

@@ -8,7 +8,7 @@ the same three parts, small enough to read in one sitting:
   agent loop itself fans each prompt out ``rollout.n`` times); concurrent requests with
   the same sampling settings are batched into one left-padded ``model.generate`` call.
 * :class:`HFReplica` - the ``RolloutReplica`` that verl's ``LLMServerManager`` builds
-  (registered as ``hf`` by ``recipe.sgsd.cpu_backend``); it starts one server per
+  (registered as ``hf`` by ``recipe.sgsd.cpu.backend``); it starts one server per
   replica next to the training workers (hybrid mode).
 * :class:`HFServerAdapter` - the ``BaseRollout`` living inside each actor worker. verl's
   weight sync (``ActorRolloutRefWorker.update_weights``, naive backend, run after every

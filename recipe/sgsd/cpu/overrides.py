@@ -1,9 +1,9 @@
 """Hydra overrides and environment for running verl 0.9.1's trainer on CPU.
 
 One list shared by scripts and tests. It holds only what the CPU backend
-(``recipe.sgsd.cpu_backend``) needs, nothing about the algorithm or batch sizes::
+(``recipe.sgsd.cpu.backend``) needs, nothing about the algorithm or batch sizes::
 
-    from recipe.sgsd.cpu_overrides import CPU_OVERRIDES, cpu_env
+    from recipe.sgsd.cpu.overrides import CPU_OVERRIDES, cpu_env
     subprocess.run([sys.executable, "-m", "verl.trainer.main_ppo", *CPU_OVERRIDES, *mine],
                    env=cpu_env(), check=True)
 
@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
-BACKEND_MODULE = "recipe.sgsd.cpu_backend"
+BACKEND_MODULE = "recipe.sgsd.cpu.backend"
 
 CPU_OVERRIDES: list[str] = [
     # Placement: one worker process; Ray gets one logical GPU (a scheduling slot, see
@@ -42,7 +43,7 @@ CPU_OVERRIDES: list[str] = [
     "actor_rollout_ref.actor.fsdp_config.use_torch_compile=false",
     "actor_rollout_ref.ref.fsdp_config.use_torch_compile=false",
     "critic.fsdp.use_torch_compile=false",
-    # The transformers generate() rollout from recipe/sgsd/hf_rollout.py, one process.
+    # The transformers generate() rollout from recipe/sgsd/cpu/hf_rollout.py, one process.
     "actor_rollout_ref.rollout.name=hf",
     "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
     # Few processes on a small machine.
@@ -59,7 +60,7 @@ def cpu_env(base: Mapping[str, str] | None = None, pythonpath: str | None = None
     workers can import ``recipe.sgsd``.
     """
     env = dict(os.environ if base is None else base)
-    root = pythonpath or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = pythonpath or str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env["VERL_PLATFORM"] = "cpu"
     modules = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]

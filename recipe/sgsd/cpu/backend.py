@@ -5,8 +5,8 @@ starts (driver, TaskRunner, FSDP workers, reward and agent-loop workers), from i
 ``import verl``. Loading this module that way, with ``VERL_PLATFORM=cpu`` (or
 ``SGSD_CPU_BACKEND=1``, which sets it), makes the trainer run on CPU::
 
-    VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES=recipe.sgsd.cpu_backend \\
-        python -m verl.trainer.main_ppo <overrides from recipe.sgsd.cpu_overrides>
+    VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES=recipe.sgsd.cpu.backend \\
+        python -m verl.trainer.main_ppo <overrides from recipe.sgsd.cpu.overrides>
 
 What it does, and only when the CPU backend is selected and no CUDA GPU is present
 (otherwise importing it changes nothing):
@@ -15,7 +15,7 @@ What it does, and only when the CPU backend is selected and no CUDA GPU is prese
   falling back to ``nvidia``;
 * registers verl's FSDP engines for device ``cpu`` (they are registered for cuda/npu
   only) once ``verl/workers/engine/fsdp/transformer_impl.py`` is imported;
-* registers the ``hf`` rollout (``recipe.sgsd.hf_rollout``) once verl's rollout
+* registers the ``hf`` rollout (``recipe.sgsd.cpu.hf_rollout``) once verl's rollout
   registries are imported;
 * applies three small runtime patches (process-group backend string, unpinned FSDP2
   CPU offload, the critic's hard-coded flash-attention), each documented where applied.
@@ -339,7 +339,7 @@ def _value_model_with_config_attention(module: types.ModuleType) -> None:
 
 
 def _load_hf_replica():
-    from recipe.sgsd.hf_rollout import HFReplica
+    from recipe.sgsd.cpu.hf_rollout import HFReplica
 
     return HFReplica
 
@@ -352,7 +352,7 @@ def _register_hf_replica(module: types.ModuleType) -> None:
 def _register_hf_adapter(module: types.ModuleType) -> None:
     """workers/rollout/base.py:_ROLLOUT_REGISTRY maps (name, mode) to the in-worker adapter
     that receives weight updates; add ``hf`` (there is no register function)."""
-    module._ROLLOUT_REGISTRY.setdefault(("hf", "async"), "recipe.sgsd.hf_rollout.HFServerAdapter")
+    module._ROLLOUT_REGISTRY.setdefault(("hf", "async"), "recipe.sgsd.cpu.hf_rollout.HFServerAdapter")
 
 
 # --------------------------------------------------------------------------- install

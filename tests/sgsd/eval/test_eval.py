@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sgsd.cli import main
-from sgsd.eval import EvalConfig, EvalError, evaluate, final_answer_part
-from sgsd.eval_metrics import (
+from sgsd.eval.runner import EvalConfig, EvalError, evaluate, final_answer_part
+from sgsd.eval.metrics import (
     CORRECT_KEY,
     GradedSample,
     majority_score,
@@ -24,12 +24,12 @@ from sgsd.eval_metrics import (
     verifier_equivalent,
     vote_keys,
 )
-from sgsd.eval_models import ModelError, ModelSource, prepare_model
-from sgsd.eval_report import compare_runs
+from sgsd.eval.models import ModelError, ModelSource, prepare_model
+from sgsd.eval.report import compare_runs
 from sgsd.llm import Completion, ScriptedClient
 from sgsd.prompts import GUIDANCE_HEADER, student_prompt
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCRIPTED = {"model": "scripted"}
 
 
@@ -359,7 +359,7 @@ def test_lora_adapter_is_merged_like_peft_computes_it(tmp_path, tiny_model_dir, 
                                               str(lora_adapter))(ids).logits
     assert (merged - base).abs().max() > 1e-2
     torch.testing.assert_close(merged, reference, atol=1e-5, rtol=1e-5)
-    monkeypatch.setattr("sgsd.eval_models.merge_lora", lambda *a, **k: pytest.fail("merged twice"))
+    monkeypatch.setattr("sgsd.eval.models.merge_lora", lambda *a, **k: pytest.fail("merged twice"))
     assert prepare_model(source, tmp_path / "work") == str(merged_dir)  # stamped: reused on resume
     # a whole evaluation from base + adapter; the merged copy goes once the run completes
     monkeypatch.undo()
@@ -457,12 +457,12 @@ def test_bad_model_folders_and_data_files_exit_2(tmp_path, capsys):
 
 
 def test_failed_requests_make_the_cli_exit_1(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("sgsd.eval.make_eval_client", lambda *a: ScriptedClient([None, "\\boxed{204}"]))
+    monkeypatch.setattr("sgsd.eval.runner.make_eval_client", lambda *a: ScriptedClient([None, "\\boxed{204}"]))
     argv = ["eval", "--model", "Qwen/Qwen3-1.7B", "--datasets", "aime24", "--limit", "1", "--samples", "2",
             "--backend", "transformers", "--quiet", "-o", str(tmp_path / "out")]
     assert main(argv) == 1
     assert "1 requests failed; rerun the same command" in capsys.readouterr().err
-    monkeypatch.setattr("sgsd.eval.make_eval_client", lambda *a: ScriptedClient(["\\boxed{1}"]))  # the retry
+    monkeypatch.setattr("sgsd.eval.runner.make_eval_client", lambda *a: ScriptedClient(["\\boxed{1}"]))  # the retry
     assert main(argv) == 0
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["datasets"]["aime24"]["avg@2"] == 0.5
 
@@ -487,8 +487,8 @@ def test_a_verl_lora_checkpoint_is_merged_and_evaluated(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from recipe.sgsd.cpu_backend import gpu_present
-    from recipe.sgsd.cpu_run import CPURun
+    from recipe.sgsd.cpu.backend import gpu_present
+    from recipe.sgsd.cpu.run import CPURun
 
     if gpu_present():
         pytest.skip("the CPU backend stays off on GPU machines")

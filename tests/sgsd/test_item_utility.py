@@ -11,7 +11,7 @@ import torch
 from sgsd.bank import BankError, SkillBank
 from sgsd.cli import main
 from sgsd.objective import teacher_polarity
-from sgsd.utility import UtilityTracker, classify_teachers, utility_of, utility_score
+from sgsd.item_utility import UtilityTracker, classify_teachers, utility_of, utility_score
 
 POLARITY = {"helpful": 1.0, "warning": 1.0, "over_suppressive": -1.0, "misleading": -1.0, "neutral": 0.0}
 
