@@ -14,10 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen3-8B}
 VARIANT=${VARIANT:-grpo}  # a baseline/ablation by name: python3 -m recipe.sgsd.variants list
-if [[ "$(python3 -m recipe.sgsd.variants show "$VARIANT" | sed -n 's/^student_skills=//p')" == 1 ]]; then
-    TRAIN_FILE=${TRAIN_FILE:-$HOME/data/sgsd/math_train_skills.parquet}  # skills in the student prompt
-fi
-TRAIN_FILE=${TRAIN_FILE:-$HOME/data/sgsd/math_train.parquet}
+choose_train_file         # TRAIN_FILE: math_train(_skills).parquet, as the variant needs
 VAL_FILE=${VAL_FILE:-$HOME/data/sgsd/aime24.parquet}
 NNODES=${NNODES:-1}
 N_GPUS_PER_NODE=${N_GPUS_PER_NODE:-8}   # the paper: eight A800s

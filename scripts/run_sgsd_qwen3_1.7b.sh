@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # SGSD on Qwen3-1.7B with the paper's settings (App. E.1, Tab. 11-12), through verl 0.9.1.
+# This file holds what differs per model; scripts/lib/sgsd_body.sh the settings every model
+# shares (each commented with its source) and the launch.
 #
 #   python3 scripts/prepare_data.py --dataset math_train   # -> $HOME/data/sgsd/math_train.parquet
 #   python3 scripts/prepare_data.py --dataset aime24       # -> $HOME/data/sgsd/aime24.parquet
@@ -8,72 +10,14 @@
 #
 # The paper trains on DAPO-Math-17k's English subset: `python3 scripts/prepare_data.py --dataset
 # dapo-math-17k`, then TRAIN_FILE=$HOME/data/sgsd/dapo-math-17k.parquet. More validation sets:
-# VAL_FILE="[$HOME/data/sgsd/aime24.parquet,$HOME/data/sgsd/aime25.parquet]".
+# VAL_FILE="[$HOME/data/sgsd/aime24.parquet,$HOME/data/sgsd/aime25.parquet]". The body's
+# ${VAR:-default}s (VARIANT, TRAIN_FILE, N_GPUS_PER_NODE, SKILL_WRITER, ...) come from the environment too.
 set -xeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen3-1.7B}
 BANK_PATH=${BANK_PATH:-qwen3_1.7b}  # the cold-start bank released with SGSD
-VARIANT=${VARIANT:-sgsd}  # a baseline/ablation by name: python3 -m recipe.sgsd.variants list
-if [[ "$(python3 -m recipe.sgsd.variants show "$VARIANT" | sed -n 's/^student_skills=//p')" == 1 ]]; then
-    TRAIN_FILE=${TRAIN_FILE:-$HOME/data/sgsd/math_train_skills.parquet}  # skills in the student prompt
-fi
-TRAIN_FILE=${TRAIN_FILE:-$HOME/data/sgsd/math_train.parquet}
-VAL_FILE=${VAL_FILE:-$HOME/data/sgsd/aime24.parquet}
-NNODES=${NNODES:-1}
-N_GPUS_PER_NODE=${N_GPUS_PER_NODE:-8}   # the paper: eight A800s
-ENCODER_DEVICE=${ENCODER_DEVICE:-cuda}  # the retriever, in the trainer process (cpu if it sees no GPU)
-PROJECT_NAME=${PROJECT_NAME:-sgsd}
-EXPERIMENT_NAME=${EXPERIMENT_NAME:-${VARIANT}_qwen3_1_7b}
-
-# The paper: App. E.1 (every method), Tab. 11 (SGSD column), Tab. 12, Sec. 4.1.
-LORA_RANK=64
-LORA_ALPHA=128
-LR=5e-6
-ROLLOUTS=1                   # generations per prompt
-RESPONSE_LENGTH=1024         # completion length
-TEACHER_PROMPT_LENGTH=20000  # prompt length: the token budget of a teacher prompt
-TEMPERATURE=1.1
-TOP_P=0.95
-TOP_K=20
-ENCODER=Qwen/Qwen3-Embedding-0.6B
-TEACHERS=8                   # K: the top-8 skill-mistake pairs, one teacher each
-TEACHER=live                 # the synchronized self-teacher
-STUDENT_THINKING=false
-TEACHER_THINKING=true
-TAU=1.0
-CLIP=3.0
-THRESHOLD=0.05
-TOTAL_STEPS=200
-SAVE_FREQ=25
-TEST_FREQ=25                 # the paper evaluates every checkpoint...
-VAL_SAMPLES=12               # ...avg@12, temperature 1.0, top-p 0.95, no top-k (but at most
-VAL_TEMPERATURE=1.0          # RESPONSE_LENGTH tokens here, not the paper's 38912)
-VAL_TOP_P=0.95
-VAL_TOP_K=-1
-SKILL_UPDATE=${SKILL_UPDATE:-true}  # the paper's online evolution (Alg. 4); false = a fixed bank
-SKILL_WRITER=${SKILL_WRITER:-policy}  # the policy via verl's rollout server, or an LLM spec
-                             # (transformers:/path, vllm:NAME, openai:http://host:8000/v1#MODEL)
-UPDATE_FREQ=25
-UPDATE_SUCCESS=0.8
-UPDATE_MAX_NEW=5
-UPDATE_CAPACITY=30
-
-# Not in the paper: the official release's scripts/run_sgsd.sh, or chosen here.
-TRAIN_BATCH_SIZE=16          # problems per step = per optimizer step (release: 1 x 4 accum x 4 GPUs)
-GRAD_CLIP=0.1                # release: max_grad_norm 0.1
-MAX_PROMPT_LENGTH=2048       # the student prompt is the problem alone
-MICRO_BATCH_PER_GPU=2
+MODEL_TAG=qwen3_1_7b  # EXPERIMENT_NAME defaults to ${VARIANT}_qwen3_1_7b
 LOGPROB_MICRO_BATCH_PER_GPU=8  # the teacher pass scores K sequences per problem
-ROLLOUT_TP=1
-ROLLOUT_GPU_MEMORY=0.5
 
-verl_overrides
-variant_overrides sgsd
-sgsd_overrides
-python3 -m recipe.sgsd.main_sgsd \
-    algorithm.adv_estimator=sgsd \
-    "${VERL_OVERRIDES[@]}" \
-    "${SGSD_OVERRIDES[@]}" \
-    "${VARIANT_OVERRIDES[@]}" \
-    "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/sgsd_body.sh" "$@"

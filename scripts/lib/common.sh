@@ -100,15 +100,34 @@ sgsd_overrides() {
     )
 }
 
+# VARIANT_INFO: `python3 -m recipe.sgsd.variants show $VARIANT` (name=, estimator=, student_skills=,
+# then one Hydra override a line), asked once per script. An unknown name fails here, listing the
+# known ones. VARIANT_STUDENT_SKILLS=1 when the variant trains with skills in the student prompt.
+variant_info() {
+    if [[ "${_VARIANT_INFO_OF:-}" != "$VARIANT" ]]; then
+        VARIANT_INFO="$(python3 -m recipe.sgsd.variants show "$VARIANT")"
+        VARIANT_STUDENT_SKILLS="$(sed -n 's/^student_skills=//p' <<<"$VARIANT_INFO")"
+        _VARIANT_INFO_OF=$VARIANT
+    fi
+}
+
+# TRAIN_FILE, unless the environment sets it: the training set $VARIANT needs, as
+# scripts/prepare_data.py writes it (--student-skills BANK for the _skills file).
+choose_train_file() {
+    variant_info
+    if [[ "$VARIANT_STUDENT_SKILLS" == 1 ]]; then
+        TRAIN_FILE=${TRAIN_FILE:-$HOME/data/sgsd/math_train_skills.parquet}  # skills in the student prompt
+    fi
+    TRAIN_FILE=${TRAIN_FILE:-$HOME/data/sgsd/math_train.parquet}
+}
+
 # VARIANT_OVERRIDES: a named baseline or ablation (recipe/sgsd/variants.py is the list:
 # `python3 -m recipe.sgsd.variants list`). $1 is the estimator this script runs; a variant of
-# the other estimator is refused, naming the script to use. Sets VARIANT_STUDENT_SKILLS=1 when
-# the variant trains on data with skills in the student prompt.
+# the other estimator is refused, naming the script to use.
 variant_overrides() {
-    local info estimator
-    info="$(python3 -m recipe.sgsd.variants show "$VARIANT")"
-    estimator="$(sed -n 's/^estimator=//p' <<<"$info")"
-    VARIANT_STUDENT_SKILLS="$(sed -n 's/^student_skills=//p' <<<"$info")"
+    local estimator
+    variant_info
+    estimator="$(sed -n 's/^estimator=//p' <<<"$VARIANT_INFO")"
     if [[ "$estimator" != "$1" ]]; then
         echo "VARIANT=$VARIANT is a $estimator run: launch it with scripts/run_${estimator}_qwen3_8b.sh" >&2
         return 2
@@ -117,7 +136,7 @@ variant_overrides() {
     local line
     while IFS= read -r line; do
         [[ -n "$line" ]] && VARIANT_OVERRIDES+=("$line")
-    done < <(tail -n +4 <<<"$info")
+    done < <(tail -n +4 <<<"$VARIANT_INFO")
     if [[ "$VARIANT_STUDENT_SKILLS" == 1 && ! -e "$TRAIN_FILE" && "${SGSD_DRY_RUN:-0}" != 1 ]]; then
         echo "VARIANT=$VARIANT trains with skills in the student prompt; write $TRAIN_FILE first:" >&2
         echo "  python3 scripts/prepare_data.py --dataset math_train --student-skills BANK --output $TRAIN_FILE" >&2

@@ -71,13 +71,39 @@ def test_every_shell_script_parses(script):
     assert done.returncode == 0, done.stderr
 
 
+SGSD_BODY = 'source "$(dirname "${BASH_SOURCE[0]}")/lib/sgsd_body.sh" "$@"'
+LAUNCH = "python3 -m recipe.sgsd.main_sgsd"
+
+
 @pytest.mark.parametrize("script", RUN_SCRIPTS)
 def test_run_script_shape(script):
     text = (SCRIPTS / script).read_text()
     assert "\nset -xeuo pipefail\n" in text
     assert 'source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"' in text
-    assert text.count("python3 -m recipe.sgsd.main_sgsd") == 1
     assert text.rstrip().endswith('"$@"')  # extra overrides come last, so they win
+    # the launch: the GRPO script's own, or the one body every SGSD size sources last with "$@"
+    launcher = SCRIPTS / "lib" / "sgsd_body.sh" if text.rstrip().endswith(SGSD_BODY) else SCRIPTS / script
+    body = launcher.read_text()
+    assert body.count(LAUNCH) == 1 and body.rstrip().endswith('"$@"')
+    # one block chooses TRAIN_FILE (lib/common.sh), for every script
+    assert "choose_train_file" in body and "student_skills" not in body
+    assert not re.search(r"^\s*TRAIN_FILE=", body, re.M)
+
+
+@pytest.mark.parametrize("script", [s for s, estimator in RUN_SCRIPTS.items() if estimator == "sgsd"])
+def test_a_sgsd_size_script_holds_only_its_values(script):
+    """What differs per model, then the shared body: nothing else to drift between sizes."""
+    lines = [line for line in (SCRIPTS / script).read_text().splitlines()
+             if line.strip() and not line.startswith(("#", "set ", "source "))]
+    assert [line.split("=", 1)[0] for line in lines] == [
+        "MODEL_PATH", "BANK_PATH", "MODEL_TAG", "LOGPROB_MICRO_BATCH_PER_GPU"]
+    assert (SCRIPTS / script).read_text().rstrip().endswith(SGSD_BODY)
+    assert LAUNCH not in (SCRIPTS / script).read_text()
+
+
+def test_the_sgsd_body_refuses_to_run_on_its_own():
+    done = subprocess.run(["bash", str(SCRIPTS / "lib" / "sgsd_body.sh")], capture_output=True, text=True)
+    assert done.returncode == 2 and "run_sgsd_qwen3_" in done.stderr
 
 
 def test_common_environment():
@@ -209,6 +235,51 @@ def test_a_writer_spec_with_colons_and_hash_reaches_the_config_intact(tmp_path):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name="sgsd_trainer", overrides=argv[2:])
     assert cfg.sgsd["update"].writer == spec and cfg.sgsd["update"].enable is True
+
+
+def _recorded_config(tmp_path, script, *args, **env):
+    """The config a script's command line composes to, launched through a recording `python3`."""
+    from hydra import compose, initialize_config_dir
+
+    fake = _recording_python(tmp_path)
+    argv_out = tmp_path / "argv"
+    done = subprocess.run(["bash", str(SCRIPTS / script), *args], cwd=tmp_path, text=True, capture_output=True,
+                          timeout=60, env=_env(fake.parent, ARGV_OUT=str(argv_out), **env))
+    assert done.returncode == 0, done.stderr[-3000:]
+    argv = argv_out.read_text().split("\0")[:-1]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="sgsd_trainer", overrides=argv[2:])
+
+
+@pytest.mark.parametrize("script", RUN_SCRIPTS)
+def test_environment_values_reach_the_config(tmp_path, script):
+    """The per-size values and the shared body's `${VAR:-default}`s come from the environment;
+    an explicit TRAIN_FILE wins over the one a skills variant would choose."""
+    variant = "grpo_skill" if RUN_SCRIPTS[script] == "grpo" else "opsd_skill"
+    env = dict(MODEL_PATH="/models/m", TRAIN_FILE="/data/mine.parquet", VAL_FILE="/data/val.parquet",
+               EXPERIMENT_NAME="exp", N_GPUS_PER_NODE="4", NNODES="2", VARIANT=variant, SGSD_DRY_RUN="1")
+    if RUN_SCRIPTS[script] == "sgsd":
+        env.update(BANK_PATH="/banks/b.json", ENCODER_DEVICE="cpu", SKILL_UPDATE="false")
+    cfg = _recorded_config(tmp_path, script, **env)
+    assert cfg.actor_rollout_ref.model.path == "/models/m"
+    assert (cfg.data.train_files, cfg.data.val_files) == ("/data/mine.parquet", "/data/val.parquet")
+    assert (cfg.trainer.experiment_name, cfg.trainer.n_gpus_per_node, cfg.trainer.nnodes) == ("exp", 4, 2)
+    if RUN_SCRIPTS[script] == "sgsd":
+        assert (cfg.sgsd.bank_path, cfg.sgsd.encoder_device) == ("/banks/b.json", "cpu")
+        assert cfg.sgsd["update"].enable is False
+
+
+@pytest.mark.parametrize("script, experiment, logprob", [
+    ("run_sgsd_qwen3_8b.sh", "sgsd_qwen3_8b", 4),
+    ("run_sgsd_qwen3_4b.sh", "sgsd_qwen3_4b", 8),
+    ("run_sgsd_qwen3_1.7b.sh", "sgsd_qwen3_1_7b", 8),
+    ("run_grpo_qwen3_8b.sh", "grpo_qwen3_8b", 1),
+])
+def test_each_script_sizes_its_own_model(tmp_path, script, experiment, logprob):
+    cfg = _recorded_config(tmp_path, script)
+    assert cfg.trainer.experiment_name == experiment
+    rollout, ref = cfg.actor_rollout_ref.rollout, cfg.actor_rollout_ref.ref
+    assert rollout.log_prob_micro_batch_size_per_gpu == ref.log_prob_micro_batch_size_per_gpu == logprob
 
 
 def test_build_bank_script_runs_the_cold_start_builder(tmp_path):
