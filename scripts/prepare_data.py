@@ -100,15 +100,15 @@ def load(args: argparse.Namespace):
 def student_guidance(problems, bank: str, top_k: int, encoder: str):
     """Retrieved (skills, mistakes) per problem for the student prompt."""
     from sgsd.bank import SkillBank
-    from sgsd.datasets import SKILL_BANKS, bank_path
-    from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
+    from sgsd.checks import raising
+    from sgsd.datasets import resolve
+    from sgsd.retrieval import RetrievalConfig, SentenceTransformerEncoder, SkillRetriever
     from sgsd.verl_data import retrieve_student_guidance
 
-    if top_k < 1:
-        raise ValueError(f"--student-skills-top-k must be >= 1, got {top_k}")
-    path = bank_path(bank) if not Path(bank).exists() and bank in SKILL_BANKS else Path(bank)
-    retriever = SkillRetriever(SentenceTransformerEncoder(encoder), SkillBank.load(path, require_nonempty=True),
-                               top_k=top_k)
+    with raising(ValueError, lambda exc: exc.named("--student-skills-top-k")):  # before the encoder loads
+        RetrievalConfig(top_k=top_k)
+    skills = SkillBank.load(resolve(bank, "bank"), require_nonempty=True)
+    retriever = SkillRetriever(SentenceTransformerEncoder(encoder), skills, top_k=top_k)
     return retrieve_student_guidance(problems, retriever)
 
 

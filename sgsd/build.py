@@ -56,14 +56,14 @@ from typing import Any
 
 from sgsd.atomic import atomic_write_json, atomic_write_text
 from sgsd.bank import CommonMistake, GeneralSkill, SkillBank
-from sgsd.datasets import BENCHMARKS, Problem, load_problems, shipped_path
+from sgsd.checks import raising
+from sgsd.datasets import BENCHMARKS, TRAIN_SETS, Problem, load_problems, resolve, source_label
 from sgsd.llm.base import Completion, GenerationSettings, LLMClient
-from sgsd.merge import DEFAULT_MERGE_SETTINGS, merge_bank
+from sgsd.merge import DEFAULT_MERGE_SETTINGS, MergeConfig, merge_bank
 from sgsd.parsing import parse_items
-from sgsd.records import RolloutRecord
+from sgsd.records import RolloutRecord, memory_record
 from sgsd.run_dir import RunDir, RunDirError
 from sgsd.skill_prompts import extraction_prompt, memory_generation_prompt
-from sgsd.records import memory_record
 
 __all__ = [
     "DEFAULT_EXTRACTION_SETTINGS",
@@ -80,7 +80,6 @@ __all__ = [
     "resolve_model_spec",
 ]
 
-TRAIN_SETS = ("math_train", "gsm8k")
 FILES = {"run": "run.json", "generations": "generations.jsonl", "extractions": "extractions.jsonl",
          "memories": "memories.jsonl", "raw": "raw_candidates.json", "bank": "bank.json", "build": "build.json"}
 #: A sample of the initial policy as it is evaluated (paper App. E.1: T=1.0, top-p 0.95), thinking off.
@@ -112,20 +111,17 @@ class BuildConfig:
     merge: GenerationSettings = DEFAULT_MERGE_SETTINGS
 
     def __post_init__(self) -> None:
+        # The merge sizes are MergeConfig's to check, the sampling values GenerationSettings'.
         checks = [("num_problems", 1), ("batch_size", 1), ("skills_per_success", 0), ("mistakes_per_failure", 0),
-                  ("group_size", 2), ("patience", 1), ("max_layers", 1), ("max_completion_chars", 200)]
+                  ("max_completion_chars", 200)]
         for name, low in checks:
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise BuildError(f"{name} must be an integer >= {low}, got {value!r}")
         if not self.grade_timeout_s > 0:
             raise BuildError(f"grade_timeout_s must be > 0, got {self.grade_timeout_s!r}")
-        for name in ("generation", "extraction", "merge"):
-            settings = getattr(self, name)
-            if settings.max_new_tokens < 1:
-                raise BuildError(f"{name}.max_new_tokens must be >= 1, got {settings.max_new_tokens}")
-            if settings.temperature < 0:
-                raise BuildError(f"{name}.temperature must be >= 0, got {settings.temperature}")
+        with raising(BuildError):
+            MergeConfig(self.group_size, self.patience, self.max_layers)
 
     def limit(self, kind: str) -> int:
         return self.skills_per_success if kind == "general_skills" else self.mistakes_per_failure
@@ -144,19 +140,16 @@ class SeedSet:
 
 def load_seed_set(data: str, num_problems: int, seed: int) -> SeedSet:
     """Sample ``num_problems`` distinct problems (all with answers) of ``data`` with ``seed``."""
-    path = Path(data)
-    if path.exists():
-        label = str(path.resolve())
-    elif data in TRAIN_SETS:
-        path, label = shipped_path("train", f"{data}.jsonl"), data
-    elif data in BENCHMARKS:
-        raise BuildError(f"--data {data!r} is an evaluation benchmark; the cold-start seed set comes from "
-                         f"training data: {', '.join(TRAIN_SETS)} or a JSONL/parquet path")
-    else:
+    path = resolve(data, "train")
+    if not path.exists():
+        if data in BENCHMARKS:
+            raise BuildError(f"--data {data!r} is an evaluation benchmark; the cold-start seed set comes from "
+                             f"training data: {', '.join(TRAIN_SETS)} or a JSONL/parquet path")
         raise BuildError(f"--data {data!r}: no such file, and not a shipped training set "
                          f"({', '.join(TRAIN_SETS)})")
     if path.is_dir():
         raise BuildError(f"--data {data!r} is a directory, expected a JSONL/parquet file")
+    label = source_label(path)
     problems = load_problems(path, require_answer=True)
     if num_problems > len(problems):
         raise BuildError(f"num_problems {num_problems} exceeds the {len(problems)} problems in {label}")

@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, get_args, get_origin, get_type_hints
 
+from sgsd.checks import raising
+from sgsd.llm.base import GenerationSettings
 from sgsd.objective import ObjectiveConfig
+from sgsd.retrieval import RetrievalConfig
 from sgsd.token_mask import TokenMaskConfig
 
 __all__ = ["ConfigError", "AblationSettings", "UpdateSettings", "SGSDConfig"]
@@ -59,9 +62,8 @@ class UpdateSettings:
     def __post_init__(self) -> None:
         _check("sgsd.update.freq", self.freq, self.freq >= 1, ">= 1")
         _check("sgsd.update.max_memories", self.max_memories, self.max_memories >= 1, ">= 1")
-        _check("sgsd.update.max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, ">= 1")
-        _check("sgsd.update.temperature", self.temperature, self.temperature >= 0, ">= 0")
-        _check("sgsd.update.top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]")
+        with _out_of_range("sgsd.update"):  # the skill writer's sampling, checked where it is held
+            GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
         _check("sgsd.update.timeout_s", self.timeout_s, self.timeout_s > 0, "> 0")
         _check("sgsd.update.max_completion_chars", self.max_completion_chars, self.max_completion_chars >= 100,
                ">= 100")
@@ -104,12 +106,10 @@ class SGSDConfig:
     update: UpdateSettings = field(default_factory=UpdateSettings)
 
     def __post_init__(self) -> None:
-        _check("sgsd.top_k", self.top_k, self.top_k >= 1, ">= 1")
-        _check("sgsd.alpha_temperature", self.alpha_temperature, self.alpha_temperature > 0, "> 0")
-        _check("sgsd.tau", self.tau, self.tau > 0, "> 0")
-        _check("sgsd.clip", self.clip, self.clip > 0, "> 0")
-        _check("sgsd.threshold", self.threshold, self.threshold >= 0, ">= 0")
-        _check("sgsd.eps", self.eps, self.eps > 0, "> 0")
+        with _out_of_range("sgsd", {"temperature": "alpha_temperature"}):  # the retrieval's K and T
+            RetrievalConfig(top_k=self.top_k, temperature=self.alpha_temperature)
+        with _out_of_range("sgsd"):  # the objective's tau, clip, threshold and eps
+            self.objective_config()
         _check("sgsd.logprob_temperature", self.logprob_temperature, self.logprob_temperature > 0, "> 0")
         _check("sgsd.max_teacher_prompt_length", self.max_teacher_prompt_length,
                self.max_teacher_prompt_length >= 16, ">= 16")
@@ -137,6 +137,13 @@ class SGSDConfig:
 def _check(key: str, value: Any, ok: bool, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is out of range: must be {allowed}")
+
+
+def _out_of_range(prefix: str, keys: Mapping[str, str] | None = None):
+    """A library object's own check (:class:`sgsd.checks.SettingError`) worded with the config key."""
+    keys = keys or {}
+    return raising(ConfigError, lambda exc: f"{prefix}.{keys.get(exc.name, exc.name)}={exc.value!r} is out of range: "
+                                            f"must be {exc.rule}")
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -1,8 +1,11 @@
 """The data shipped inside the package, and a loader for problem files.
 
-``shipped_path("benchmarks", "aime24.jsonl")`` locates package data without relying on
-the current directory; :func:`load_problems` reads any JSONL (or parquet) of
-``problem``/``answer`` rows with errors that name the file, the line and the field.
+``resolve(value, kind)`` is the one place a value that is "a path or a shipped name" (a
+skill bank, a benchmark, a training set) becomes a file, for the CLI, the evaluation, the
+cold-start build, the data preparation and the trainer alike; ``shipped_path`` locates
+package data without relying on the current directory. :func:`load_problems` reads any
+JSONL (or parquet) of ``problem``/``answer`` rows with errors that name the file, the line
+and the field.
 """
 
 from __future__ import annotations
@@ -14,17 +17,34 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ALIASES",
     "BENCHMARKS",
     "DATA_DIR",
+    "SHIPPED",
+    "SKILL_BANKS",
+    "TRAIN_SETS",
     "Problem",
     "ProblemFileError",
+    "bank_path",
+    "benchmark_path",
     "load_problems",
+    "resolve",
+    "shipped_file",
     "shipped_path",
+    "source_label",
 ]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BENCHMARKS = ("aime24", "aime25", "hmmt25", "amc2023", "math500")
 SKILL_BANKS = ("qwen3_1.7b", "qwen3_4b")
+TRAIN_SETS = ("math_train", "gsm8k")
+#: kind -> (folder under DATA_DIR, shipped names, file suffix, what the error messages call it)
+SHIPPED = {
+    "bank": ("skill_banks", SKILL_BANKS, ".json", "skill bank"),
+    "benchmark": ("benchmarks", BENCHMARKS, ".jsonl", "benchmark"),
+    "train": ("train", TRAIN_SETS, ".jsonl", "training set"),
+}
+ALIASES = {"amc23": "amc2023", "math-500": "math500"}  # the names papers use
 
 
 class ProblemFileError(ValueError):
@@ -46,16 +66,39 @@ def shipped_path(*parts: str) -> Path:
     return path
 
 
+def shipped_file(name: str, kind: str) -> Path:
+    """The shipped file named ``name`` (or an :data:`ALIASES` name) of ``kind``: ``"bank"``,
+    ``"benchmark"`` or ``"train"``; a ValueError lists the shipped names."""
+    folder, names, suffix, what = SHIPPED[kind]
+    name = ALIASES.get(name, name)
+    if name not in names:
+        raise ValueError(f"unknown shipped {what} {name!r}; shipped: {', '.join(names)}")
+    return shipped_path(folder, name + suffix)
+
+
+def resolve(value: str | os.PathLike[str], kind: str) -> Path:
+    """A path or a shipped name of ``kind`` (see :func:`shipped_file`) as a path.
+
+    An existing file wins over a shipped name (``./aime24`` is read if it is there); a
+    value that is neither comes back as a path, for its loader to report missing.
+    """
+    path = Path(value).expanduser()
+    name = ALIASES.get(str(value), str(value))
+    return shipped_file(name, kind) if not path.is_file() and name in SHIPPED[kind][1] else path
+
+
+def source_label(path: Path) -> str:
+    """How a run records the file it read: a shipped file by its name, another by its absolute path."""
+    path = path.resolve()
+    return path.stem if path.is_relative_to(DATA_DIR) else str(path)
+
+
 def benchmark_path(name: str) -> Path:
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; shipped: {', '.join(BENCHMARKS)}")
-    return shipped_path("benchmarks", f"{name}.jsonl")
+    return shipped_file(name, "benchmark")
 
 
 def bank_path(name: str) -> Path:
-    if name not in SKILL_BANKS:
-        raise ValueError(f"unknown shipped skill bank {name!r}; shipped: {', '.join(SKILL_BANKS)}")
-    return shipped_path("skill_banks", f"{name}.json")
+    return shipped_file(name, "bank")
 
 
 def load_problems(path: str | os.PathLike[str], *, require_answer: bool = False) -> list[Problem]:

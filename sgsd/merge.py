@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sgsd.bank import CommonMistake, GeneralSkill, SkillBank
+from sgsd.checks import check_int
 from sgsd.llm.base import Completion, GenerationSettings, LLMClient
 from sgsd.parsing import parse_items
 from sgsd.skill_prompts import COLLECTION_FIELDS, merge_prompt
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_MERGE_SETTINGS",
     "ID_PREFIX",
     "LAYER_KEYS",
+    "MergeConfig",
     "MergeResult",
     "hierarchical_merge",
     "merge_bank",
@@ -53,6 +55,22 @@ _ITEM_CLASS = {"general_skills": GeneralSkill, "common_mistakes": CommonMistake}
 
 #: A merge reply of 32 items is ~3k tokens of JSON; thinking off keeps it within budget.
 DEFAULT_MERGE_SETTINGS = GenerationSettings(max_new_tokens=4096, temperature=0.6, top_p=0.95)
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """Alg. 3's sizes, checked here for every caller: ``group_size`` items per merge call (H;
+    a group of one cannot merge), ``patience`` stagnant layers before stopping (P) and
+    ``max_layers``, a guard."""
+
+    group_size: int = 32
+    patience: int = 3
+    max_layers: int = 64
+
+    def __post_init__(self) -> None:
+        check_int("group_size", self.group_size, 2)
+        check_int("patience", self.patience, 1)
+        check_int("max_layers", self.max_layers, 1)
 
 
 @dataclass
@@ -101,18 +119,6 @@ def _dedupe_key(item: Mapping[str, str], fields: tuple[str, ...]) -> tuple[str, 
     return tuple(" ".join(item[name].split()).casefold() for name in fields)
 
 
-def _check_settings(kind: str, group_size: int, patience: int, max_layers: int) -> tuple[str, ...]:
-    if kind not in COLLECTION_FIELDS:
-        raise ValueError(f"unknown collection {kind!r}; expected one of {tuple(COLLECTION_FIELDS)}")
-    if group_size < 2:
-        raise ValueError(f"group_size must be >= 2 (a group of one cannot merge), got {group_size}")
-    if patience < 1:
-        raise ValueError(f"patience must be >= 1, got {patience}")
-    if max_layers < 1:
-        raise ValueError(f"max_layers must be >= 1, got {max_layers}")
-    return COLLECTION_FIELDS[kind]
-
-
 def hierarchical_merge(
     items: Sequence[Any],
     kind: str,
@@ -131,7 +137,10 @@ def hierarchical_merge(
     ``stopped_reason`` is ``root_group_reached``, ``stagnation_patience_reached`` or, only
     if the ``max_layers`` guard fired, ``max_layers_reached``. An empty input runs no layer.
     """
-    fields = _check_settings(kind, group_size, patience, max_layers)
+    if kind not in COLLECTION_FIELDS:
+        raise ValueError(f"unknown collection {kind!r}; expected one of {tuple(COLLECTION_FIELDS)}")
+    MergeConfig(group_size, patience, max_layers)  # refuses out-of-range values
+    fields = COLLECTION_FIELDS[kind]
     settings = settings or DEFAULT_MERGE_SETTINGS
     current = [_as_fields(item, fields, i) for i, item in enumerate(items)]
     result = MergeResult(items=[], layers=[], input_items=len(current))

@@ -25,6 +25,8 @@ from typing import Literal
 
 import torch
 
+from sgsd.checks import check
+
 __all__ = [
     "LossType",
     "ObjectiveConfig",
@@ -137,14 +139,10 @@ class ObjectiveConfig:
     loss_type: LossType = "gated"  # or "sampled_rkl" (unbounded delta^2/2)
 
     def __post_init__(self) -> None:
-        if not self.tau > 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
-        if not self.clip > 0:
-            raise ValueError(f"clip must be > 0, got {self.clip}")
-        if not self.threshold >= 0:
-            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
-        if not self.eps > 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
+        check("tau", self.tau, self.tau > 0, "> 0")
+        check("clip", self.clip, self.clip > 0, "> 0")
+        check("threshold", self.threshold, self.threshold >= 0, ">= 0")
+        check("eps", self.eps, self.eps > 0, "> 0")
         if self.loss_type not in ("gated", "sampled_rkl"):
             raise ValueError(f"loss_type must be 'gated' or 'sampled_rkl', got {self.loss_type!r}")
 

@@ -24,11 +24,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from sgsd.bank import CommonMistake, GeneralSkill, SkillBank
+from sgsd.checks import check, check_int
 
 __all__ = [
     "DEFAULT_ENCODER",
     "Encoder",
     "ProblemRetrieval",
+    "RetrievalConfig",
     "SentenceTransformerEncoder",
     "SkillRetriever",
     "TeacherPair",
@@ -139,6 +141,19 @@ class ProblemRetrieval:
         return len(self.teachers)
 
 
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """The retrieval's knobs, checked here for every caller: ``top_k`` pairs per problem (K)
+    and the ``temperature`` of the softmax over pair scores (T, eq. 6)."""
+
+    top_k: int = 8
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_int("top_k", self.top_k, 1)
+        check("temperature", self.temperature, self.temperature > 0, "> 0")
+
+
 def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
@@ -155,10 +170,7 @@ class SkillRetriever:
         temperature: float = 1.0,
         query_cache_size: int = 100_000,
     ) -> None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        RetrievalConfig(top_k, temperature)  # refuses out-of-range values
         self.encoder = encoder
         self.top_k = top_k
         self.temperature = temperature
@@ -220,9 +232,7 @@ class SkillRetriever:
         """Teachers for every problem of a batch (eqs. 2-6)."""
         if self.bank is None:
             raise RuntimeError("SkillRetriever has no bank: call set_bank(bank) first")
-        k = self.top_k if top_k is None else top_k
-        if k < 1:
-            raise ValueError(f"top_k must be >= 1, got {k}")
+        k = self.top_k if top_k is None else RetrievalConfig(top_k, self.temperature).top_k
         k_x = min(k, len(self.bank.general_skills), len(self.bank.common_mistakes))
         if k_x == 0 or not problems:
             # An empty collection yields no teacher: those problems get zero SGSD loss.

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sgsd.bank import CommonMistake, GeneralSkill, SkillBank
+from sgsd.checks import raising
 from sgsd.llm.base import GenerationSettings, LLMClient
-from sgsd.merge import hierarchical_merge
+from sgsd.merge import MergeConfig, hierarchical_merge
 from sgsd.parsing import parse_items
 from sgsd.records import RolloutRecord, memory_record
 from sgsd.skill_prompts import extraction_prompt
@@ -56,6 +57,10 @@ class UpdateConfig:
     merge_patience: int = 3
     settings: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=2048,
                                                                                     temperature=0.6))
+
+    def __post_init__(self) -> None:
+        with raising(ValueError, lambda exc: exc.named(f"merge_{exc.name}")):  # checked when built, not mid-run
+            MergeConfig(group_size=self.merge_group_size, patience=self.merge_patience)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sgsd.atomic import atomic_path
-from sgsd.datasets import BENCHMARKS, Problem, ProblemFileError, benchmark_path, shipped_path
+from sgsd.datasets import BENCHMARKS, TRAIN_SETS, Problem, ProblemFileError, shipped_file
 from sgsd.prompts import ANSWER_INSTRUCTION, skill_student_prompt, student_prompt
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "write_parquet",
 ]
 
-TRAIN_SETS = ("math_train", "gsm8k")
 SHIPPED_SETS = TRAIN_SETS + BENCHMARKS
 DAPO_NAME = "dapo-math-17k"
 DAPO_HUB_ID = "BytedTsinghua-SIA/DAPO-Math-17k"
@@ -69,11 +68,9 @@ class DatasetUnavailableError(RuntimeError):
 
 def shipped_set_path(name: str) -> Path:
     """Path of a shipped problem set: ``math_train``/``gsm8k`` (train) or a benchmark."""
-    if name in TRAIN_SETS:
-        return shipped_path("train", f"{name}.jsonl")
-    if name in BENCHMARKS:
-        return benchmark_path(name)
-    raise ValueError(f"unknown shipped set {name!r}; shipped: {', '.join(SHIPPED_SETS)}")
+    if name not in SHIPPED_SETS:
+        raise ValueError(f"unknown shipped set {name!r}; shipped: {', '.join(SHIPPED_SETS)}")
+    return shipped_file(name, "train" if name in TRAIN_SETS else "benchmark")
 
 
 def to_verl_rows(problems: Sequence[Problem], data_source: str, split: str,

@@ -39,7 +39,7 @@ def test_wheel_ships_data_with_licences(wheel_names):
 
 
 def test_wheel_has_library_recipe_and_cli(wheel, wheel_names):
-    assert {"sgsd/objective.py", "sgsd/cli.py", "recipe/sgsd/__init__.py"} <= wheel_names
+    assert {"sgsd/objective.py", "sgsd/cli/__init__.py", "sgsd/cli/bank.py", "recipe/sgsd/__init__.py"} <= wheel_names
     assert "recipe/__init__.py" not in wheel_names  # namespace package, shared with TransferQueue
     [entry_points] = [n for n in wheel_names if n.endswith(".dist-info/entry_points.txt")]
     with zipfile.ZipFile(wheel) as zf:

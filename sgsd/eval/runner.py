@@ -44,11 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from sgsd.atomic import atomic_write_json, atomic_write_text
-from sgsd.datasets import BENCHMARKS, Problem, ProblemFileError, load_problems, shipped_path
+from sgsd.checks import raising
+from sgsd.datasets import BENCHMARKS, SKILL_BANKS, Problem, ProblemFileError, load_problems, resolve, source_label
 from sgsd.eval.metrics import GradedSample, score_problem, verifier_equivalent
 from sgsd.eval.models import BACKENDS, ModelError, ModelSource, make_eval_client, pick_backend, prepare_model
 from sgsd.llm.base import GenerationSettings, LLMClient
 from sgsd.prompts import skill_student_prompt, student_prompt
+from sgsd.retrieval import DEFAULT_ENCODER, RetrievalConfig, SentenceTransformerEncoder, SkillRetriever
 from sgsd.run_dir import RunDir, RunDirError
 
 __all__ = ["DATASET_LABELS", "EvalConfig", "EvalDataset", "EvalError", "EvalResult", "evaluate",
@@ -56,7 +58,6 @@ __all__ = ["DATASET_LABELS", "EvalConfig", "EvalDataset", "EvalError", "EvalResu
 
 DATASET_LABELS = {"aime24": "AIME24", "aime25": "AIME25", "hmmt25": "HMMT25", "amc2023": "AMC23",
                   "math500": "MATH-500"}
-_ALIASES = {"amc23": "amc2023", "math-500": "math500"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SAMPLES, IDENTITY, MERGED = "samples.jsonl", "run.json", "merged_model"
 
@@ -83,8 +84,7 @@ class EvalConfig:
     grade_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        checks = [("samples", 1), ("batch_size", 1), ("max_new_tokens", 1), ("skills_top_k", 1), ("seed", 0),
-                  ("k", 1), ("limit", 1)]
+        checks = [("samples", 1), ("batch_size", 1), ("seed", 0), ("k", 1), ("limit", 1)]
         for name, low in checks:
             value = getattr(self, name)
             if value is None and name in ("k", "limit"):
@@ -93,14 +93,13 @@ class EvalConfig:
                 raise EvalError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.k is not None and self.k > self.samples:
             raise EvalError(f"k must be <= samples ({self.samples}): pass@k needs n >= k, got {self.k}")
-        if not self.temperature >= 0:
-            raise EvalError(f"temperature must be >= 0, got {self.temperature!r}")
-        if not 0 < self.top_p <= 1:
-            raise EvalError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.top_k == 0 or self.top_k < -1:
-            raise EvalError(f"top_k must be -1 (off) or >= 1, got {self.top_k!r}")
         if not self.grade_timeout_s > 0:
             raise EvalError(f"grade_timeout_s must be > 0, got {self.grade_timeout_s!r}")
+        # The sampling values are GenerationSettings' to check, the retrieval K RetrievalConfig's.
+        with raising(EvalError):
+            self.generation(self.seed)
+        with raising(EvalError, lambda exc: exc.named("skills_top_k")):
+            RetrievalConfig(top_k=self.skills_top_k)
 
     @property
     def pass_k(self) -> int:
@@ -137,15 +136,11 @@ def resolve_datasets(specs: Sequence[str], limit: int | None = None) -> list[Eva
     """Shipped benchmark names or problem files, each with a reference answer per row."""
     out: list[EvalDataset] = []
     for spec in specs:
-        path = Path(spec).expanduser()
-        if path.is_file():
-            name, source = path.stem, str(path.resolve())
-        elif _ALIASES.get(spec, spec) in BENCHMARKS:
-            name = source = _ALIASES.get(spec, spec)
-            path = shipped_path("benchmarks", f"{name}.jsonl")
-        else:
+        path = resolve(spec, "benchmark")
+        if not path.is_file():
             raise EvalError(f"dataset {spec!r}: no such file, and not a shipped benchmark "
                             f"({', '.join(BENCHMARKS)}, amc23)")
+        name, source = path.stem, source_label(path)
         if not _NAME_RE.match(name):
             raise EvalError(f"dataset {spec!r}: its name {name!r} is not usable as a folder name")
         if any(d.name == name for d in out):
@@ -169,15 +164,10 @@ def final_answer_part(completion: str) -> str:
 def _prompt_identity(config: EvalConfig) -> dict[str, Any]:
     if config.skills is None:
         return {"mode": "plain"}
-    from sgsd.datasets import SKILL_BANKS, bank_path
-    from sgsd.retrieval import DEFAULT_ENCODER
-
-    path = Path(config.skills).expanduser()
+    path = resolve(config.skills, "bank")
     if not path.is_file():
-        if config.skills not in SKILL_BANKS:
-            raise EvalError(f"--skills {config.skills!r}: no such file, and not a shipped bank "
-                            f"({', '.join(SKILL_BANKS)})")
-        path = bank_path(config.skills)
+        raise EvalError(f"--skills {config.skills!r}: no such file, and not a shipped bank "
+                        f"({', '.join(SKILL_BANKS)})")
     return {"mode": "skills", "bank": str(path.resolve()), "bank_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "encoder": config.encoder or DEFAULT_ENCODER, "top_k": config.skills_top_k}
 
@@ -283,7 +273,6 @@ def _prompts(chosen: list[EvalDataset], todo: dict[str, list[int]], config: Eval
     if config.skills is None:
         return {ds.name: {p: (student_prompt(ds.problems[p].problem), {}) for p in needed[ds.name]} for ds in chosen}
     from sgsd.bank import SkillBank
-    from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
     from sgsd.verl_data import retrieve_student_guidance  # the GRPO+Skill training prompts' retrieval
 
     bank = SkillBank.load(_prompt_identity(config)["bank"], require_nonempty=True)

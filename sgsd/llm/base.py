@@ -12,12 +12,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from sgsd.checks import check, check_int
+
 __all__ = ["Completion", "GenerationSettings", "LLMClient", "LLMStats"]
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Sampling settings of one batch (backends map them to their own names)."""
+    """Sampling settings of one batch (backends map them to their own names).
+
+    Out-of-range sampling values are refused here, for every caller (a
+    :class:`sgsd.checks.SettingError` naming the field).
+    """
 
     max_new_tokens: int = 2048
     temperature: float = 0.7
@@ -29,6 +35,12 @@ class GenerationSettings:
     # transformers: batch b of a call is seeded with seed + b; vLLM: request i of a call with
     # seed + i, so duplicate prompts in one call still get different samples; OpenAI: as given.
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("max_new_tokens", self.max_new_tokens, 1)
+        check("temperature", self.temperature, self.temperature >= 0, ">= 0")
+        check("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]")
+        check("top_k", self.top_k, self.top_k == -1 or self.top_k >= 1, "-1 (off) or >= 1")
 
 
 @dataclass(frozen=True)

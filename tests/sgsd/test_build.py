@@ -300,8 +300,12 @@ def test_a_directory_with_nothing_saved_takes_a_new_identity(tmp_path, data):
 def test_bad_config_values_are_refused():
     with pytest.raises(BuildError, match=r"num_problems must be an integer >= 1, got 0"):
         BuildConfig(num_problems=0)
-    with pytest.raises(BuildError, match=r"group_size must be an integer >= 2"):
+    with pytest.raises(BuildError, match=r"group_size must be >= 2, got 1"):  # MergeConfig's check
         BuildConfig(group_size=1)
+    with pytest.raises(BuildError, match=r"patience must be >= 1, got 0"):
+        BuildConfig(patience=0)
+    with pytest.raises(BuildError, match=r"max_layers must be >= 1, got 0"):
+        BuildConfig(max_layers=0)
 
 
 def test_memory_and_trajectory_summary():
@@ -384,6 +388,9 @@ def test_cli_exits_1_when_nothing_can_be_extracted(tmp_path, data, capsys):
     (["--temperature", "-1"], "generation.temperature must be >= 0"),
     (["--data", "NOANSWER"], "field 'answer' is missing or empty"),
     (["--model", "transformers:MISSING"], "cannot create the LLM client"),
+    (["--writer-temperature", "-1"], "extraction.temperature must be >= 0, got -1.0"),
+    (["--merge-max-new-tokens", "0"], "merge.max_new_tokens must be >= 1, got 0"),
+    (["--group-size", "1"], "group_size must be >= 2, got 1"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, data, capsys, args, message):
     (tmp_path / "NOANSWER.jsonl").write_text('{"problem": "p", "answer": "1"}\n{"problem": "q"}\n')

@@ -41,6 +41,13 @@ def test_nested_values_and_int_to_float():
     ({"encoder": None}, r"sgsd\.encoder must not be null"),
     ({"bank_path": ""}, r"sgsd\.bank_path is empty"),
     ({"ablation": [1]}, r"sgsd\.ablation must be a mapping, got list"),
+    # held by the library objects the trainer builds (RetrievalConfig,
+    # ObjectiveConfig, GenerationSettings), worded with the key
+    ({"alpha_temperature": 0.0}, r"sgsd\.alpha_temperature=0\.0 is out of range: must be > 0"),
+    ({"eps": 0.0}, r"sgsd\.eps=0\.0 is out of range: must be > 0"),
+    ({"update": {"max_new_tokens": 0}}, r"sgsd\.update\.max_new_tokens=0 is out of range: must be >= 1"),
+    ({"update": {"temperature": -1.0}}, r"sgsd\.update\.temperature=-1\.0 is out of range: must be >= 0"),
+    ({"update": {"top_p": 1.5}}, r"sgsd\.update\.top_p=1\.5 is out of range: must be in \(0, 1\]"),
 ])
 def test_errors_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from sgsd.datasets import BENCHMARKS, ProblemFileError, benchmark_path, load_problems, shipped_path
+from sgsd.datasets import (
+    BENCHMARKS,
+    DATA_DIR,
+    ProblemFileError,
+    benchmark_path,
+    load_problems,
+    resolve,
+    shipped_file,
+    shipped_path,
+    source_label,
+)
 
 
 @pytest.mark.parametrize("name, rows", [("aime24", 30), ("aime25", 30), ("hmmt25", 30), ("amc2023", 40),
@@ -55,3 +66,33 @@ def test_answer_required_where_grading_needs_it(tmp_path):
     assert load_problems(path)[0].answer is None
     with pytest.raises(ProblemFileError, match="line 1: field 'answer' is missing or empty"):
         load_problems(path, require_answer=True)
+
+
+@pytest.mark.parametrize("value, kind, shipped", [
+    ("qwen3_1.7b", "bank", "skill_banks/qwen3_1.7b.json"),
+    ("aime24", "benchmark", "benchmarks/aime24.jsonl"),
+    ("amc23", "benchmark", "benchmarks/amc2023.jsonl"),  # the papers' name for amc2023
+    ("gsm8k", "train", "train/gsm8k.jsonl"),
+])
+def test_resolve_a_shipped_name(value, kind, shipped):
+    assert resolve(value, kind) == DATA_DIR / shipped
+    assert source_label(resolve(value, kind)) == shipped.split("/")[1].rsplit(".", 1)[0]
+
+
+def test_resolve_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "aime24").write_text('{"problem": "mine", "answer": "1"}\n')
+    (tmp_path / "gsm8k").mkdir()  # a folder of that name is not a file: the shipped set is meant
+    assert resolve("aime24", "benchmark") == Path("aime24")
+    assert load_problems(resolve("aime24", "benchmark"))[0].problem == "mine"
+    assert resolve("gsm8k", "train") == DATA_DIR / "train" / "gsm8k.jsonl"
+    assert source_label(resolve("aime24", "benchmark")) == str(tmp_path / "aime24")
+
+
+def test_resolve_leaves_other_values_to_their_loader(tmp_path):
+    assert resolve("aime24", "bank") == Path("aime24")  # a benchmark is no bank
+    assert resolve("~/no/such.json", "bank") == Path.home() / "no" / "such.json"
+    with pytest.raises(ProblemFileError, match="problem file not found"):
+        load_problems(resolve(tmp_path / "missing.jsonl", "benchmark"))
+    with pytest.raises(ValueError, match=r"unknown shipped skill bank 'qwen9'; shipped: qwen3_1\.7b, qwen3_4b"):
+        shipped_file("qwen9", "bank")

@@ -4,6 +4,7 @@ test_llm_openai.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sgsd.checks import SettingError
 from sgsd.llm import (
     GenerationSettings,
     LLMClient,
@@ -24,6 +26,26 @@ from sgsd.llm.factory import parse_spec
 from tests.chat_server import ChatServer
 
 GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=8)
+
+
+# ----------------------------------------------------------------------------- settings
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1, got 0"),
+    ({"max_new_tokens": 8.0}, "max_new_tokens must be an integer, got 8.0"),
+    ({"temperature": -0.1}, "temperature must be >= 0, got -0.1"),
+    ({"top_p": 0.0}, "top_p must be in (0, 1], got 0.0"),
+    ({"top_p": 1.5}, "top_p must be in (0, 1], got 1.5"),
+    ({"top_k": 0}, "top_k must be -1 (off) or >= 1, got 0"),
+    ({"top_k": -2}, "top_k must be -1 (off) or >= 1, got -2"),
+])
+def test_generation_settings_refuse_out_of_range_sampling(kwargs: dict, message: str) -> None:
+    with pytest.raises(SettingError) as info:
+        GenerationSettings(**kwargs)
+    assert str(info.value) == message
+    with pytest.raises(SettingError):  # a copy with a bad value is refused too
+        dataclasses.replace(GREEDY, **kwargs)
+    assert GenerationSettings(temperature=0.0, top_p=1.0, top_k=1, max_new_tokens=1).temperature == 0.0
 
 
 # ----------------------------------------------------------------------------- scripted

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import zlib
@@ -20,10 +21,11 @@ import pytest
 
 from sgsd import merge as merge_mod
 from sgsd.bank import SkillBank
+from sgsd.checks import SettingError
 from sgsd.cli import main
 from sgsd.datasets import bank_path, shipped_path
 from sgsd.llm.base import Completion, GenerationSettings, LLMClient, LLMStats
-from sgsd.merge import LAYER_KEYS, hierarchical_merge, merge_bank
+from sgsd.merge import LAYER_KEYS, MergeConfig, hierarchical_merge, merge_bank
 from sgsd.skill_prompts import COLLECTION_FIELDS
 
 RAW_PATH = shipped_path("skill_banks", "qwen3_1.7b_raw_candidates.json")
@@ -263,9 +265,13 @@ def test_empty_and_single_item_collections_need_no_request():
     ({"group_size": 1}, "group_size must be >= 2"),
     ({"patience": 0}, "patience must be >= 1"),
     ({"max_layers": 0}, "max_layers must be >= 1"),
+    ({"group_size": 2.5}, "group_size must be an integer, got 2.5"),
 ])
 def test_bad_settings_are_rejected(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SettingError) as info:
+        MergeConfig(**kwargs)
+    assert str(info.value).startswith(message)
+    with pytest.raises(ValueError, match=re.escape(message)):  # the merge functions check through MergeConfig
         hierarchical_merge([], "general_skills", MergeDouble(lambda *_: "merge"), **kwargs)
     with pytest.raises(ValueError, match="unknown collection"):
         hierarchical_merge([], "skills", MergeDouble(lambda *_: "merge"))
@@ -305,6 +311,9 @@ def test_cli_bank_merge_writes_a_valid_bank(tmp_path, monkeypatch, capsys):
     ([str(RAW_PATH), "-o", "OUT", "--patience", "0"], "--patience must be >= 1"),
     ([str(RAW_PATH), "-o", "OUT", "--temperature", "-1"], "--temperature must be >= 0"),
     ([str(RAW_PATH), "-o", "OUT"], "cannot create the LLM client 'bad:spec': unknown backend"),
+    ([str(RAW_PATH), "-o", "OUT", "--max-layers", "0"], "--max-layers must be >= 1, got 0"),
+    ([str(RAW_PATH), "-o", "OUT", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+    (["MISSING", "-o", "OUT", "--group-size", "1"], "--group-size must be >= 2, got 1"),  # refused before loading
 ])
 def test_cli_bank_merge_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
     def bad_resolve(spec):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 
 from sgsd.bank import CommonMistake, GeneralSkill, SkillBank
+from sgsd.checks import SettingError
 from sgsd.datasets import benchmark_path, load_problems
-from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
+from sgsd.retrieval import RetrievalConfig, SentenceTransformerEncoder, SkillRetriever
 
 
 class CountingEncoder:
@@ -168,6 +170,23 @@ def test_encoder_query_prompt_is_used_when_the_model_defines_one(tmp_path):
 def test_missing_encoder_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="encoder path does not exist"):
         SentenceTransformerEncoder(str(tmp_path / "no-such-encoder"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"top_k": 0}, "top_k must be >= 1, got 0"),
+    ({"top_k": 2.0}, "top_k must be an integer, got 2.0"),
+    ({"temperature": 0.0}, "temperature must be > 0, got 0.0"),
+    ({"temperature": -1.0}, "temperature must be > 0, got -1.0"),
+])
+def test_retrieval_config_refuses_bad_values_for_every_caller(encoder, kwargs, message):
+    with pytest.raises(SettingError) as info:
+        RetrievalConfig(**kwargs)
+    assert str(info.value) == message
+    with pytest.raises(SettingError, match=re.escape(message)):
+        SkillRetriever(encoder, **kwargs)
+    retriever = SkillRetriever(encoder, SkillBank(general_skills=(_skill(1, "t"),), common_mistakes=(_mistake(1, "d"),)))
+    with pytest.raises(SettingError, match=r"top_k must be >= 1, got 0"):
+        retriever.retrieve(["x"], top_k=0)
 
 
 def test_retrieve_without_bank_is_an_error(encoder):

@@ -167,6 +167,15 @@ def test_unparseable_replies_leave_the_bank_as_it_was(bank):
     assert report.parse_failures == 8 and report.requests == 8
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"merge_group_size": 1}, "merge_group_size must be >= 2, got 1"),
+    ({"merge_patience": 0}, "merge_patience must be >= 1, got 0"),
+])
+def test_bad_merge_sizes_are_refused_when_the_config_is_built_not_at_the_first_update(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        UpdateConfig(**kwargs)
+
+
 def test_memory_record_fields():
     rec = RolloutRecord("P", "x" * 100 + " \\boxed{7}", 0.0, "math", 3, "8")
     memory = memory_record(rec, max_chars=40)

@@ -135,6 +135,14 @@ def test_missing_input_file_exits_2(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_student_skills_top_k_is_refused_before_the_encoder_loads(tmp_path, capsys):
+    argv = ["--dataset", "math500", "--student-skills", "qwen3_4b", "--student-skills-top-k", "0",
+            "--output", str(tmp_path / "o.parquet")]
+    assert CLI.main(argv) == 2
+    assert capsys.readouterr().err == "prepare_data.py: error: --student-skills-top-k must be >= 1, got 0\n"
+    assert not (tmp_path / "o.parquet").exists()
+
+
 def test_shuffle_seed_and_limit(tmp_path):
     def run(*extra: str) -> list[str]:
         out = tmp_path / "s.parquet"

@@ -1,55 +1,12 @@
-"""The `sgsd` command as a person uses it (real encoder, shipped data, bad inputs)."""
+"""`sgsd retrieve` (real encoder, shipped data) and `sgsd grade` as a person uses them, and their bad inputs."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from sgsd.cli import main
-from sgsd.datasets import bank_path
-
-
-def _sgsd_executable() -> str:
-    exe = Path(sys.executable).with_name("sgsd")
-    if not exe.exists():
-        pytest.fail(f"the `sgsd` console script is not installed next to {sys.executable}: pip install -e .")
-    return str(exe)
-
-
-def test_installed_console_script_inspects_a_shipped_bank():
-    done = subprocess.run([_sgsd_executable(), "bank", "inspect", str(bank_path("qwen3_1.7b")), "--json"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    assert report["valid"] is True
-    assert report["general_skills"] == {"static": 28, "dynamic": 0, "total": 28}
-    assert report["common_mistakes"] == {"static": 98, "dynamic": 0, "total": 98}
-
-
-def test_bank_inspect_human_output_by_shipped_name(capsys):
-    assert main(["bank", "inspect", "qwen3_4b"]) == 0
-    out = capsys.readouterr().out
-    assert "valid skill bank" in out and "general_skills      24" in out and "common_mistakes     15" in out
-
-
-@pytest.mark.parametrize("content, message", [
-    ('{"general_skills": [}', "invalid JSON at line 1"),
-    ('{"general_skills": [], "common_mistakes": [{"mistake_id": "e1", "description": "d", '
-     '"why_it_happens": "w", "how_to_avoid": 3}]}',
-     "common_mistakes[0] (id 'e1'): field 'how_to_avoid' must be a string, got int"),
-])
-def test_bank_inspect_bad_bank_exits_2_with_one_line(tmp_path, capsys, content, message):
-    path = tmp_path / "bank.json"
-    path.write_text(content)
-    assert main(["bank", "inspect", str(path)]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and str(path) in lines[0]
 
 
 def test_retrieve_json_one_object_per_problem(tmp_path, capsys):
@@ -89,6 +46,9 @@ def test_retrieve_bad_inputs_exit_2(tmp_path, capsys):
     assert "problem file not found" in capsys.readouterr().err
     assert main(["retrieve", "--bank", "qwen3_4b", "--problems", "aime24", "--top-k", "0"]) == 2
     assert "--top-k must be >= 1" in capsys.readouterr().err
+    # refused by RetrievalConfig before the (missing) problem file is opened, worded with the flag
+    assert main(["retrieve", "--bank", "qwen3_4b", "--problems", "MISSING", "--temperature", "0"]) == 2
+    assert capsys.readouterr().err == "sgsd: error: --temperature must be > 0, got 0.0\n"
 
 
 def test_grade_json(capsys):
