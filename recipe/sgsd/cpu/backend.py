@@ -17,8 +17,9 @@ What it does, and only when the CPU backend is selected and no CUDA GPU is prese
   only) once ``verl/workers/engine/fsdp/transformer_impl.py`` is imported;
 * registers the ``hf`` rollout (``recipe.sgsd.cpu.hf_rollout``) once verl's rollout
   registries are imported;
-* applies three small runtime patches (process-group backend string, unpinned FSDP2
-  CPU offload, the critic's hard-coded flash-attention), each documented where applied.
+* applies four small runtime patches (process-group backend string, unpinned FSDP2
+  CPU offload, the critic's hard-coded flash-attention, the replay buffer's 2 s poll),
+  each documented where applied.
 
 Registrations into modules that are expensive to import (the FSDP engine takes seconds)
 are deferred with a post-import hook instead of importing those modules here: the
@@ -338,6 +339,31 @@ def _value_model_with_config_attention(module: types.ModuleType) -> None:
     module.load_valuehead_model = load_valuehead_model
 
 
+POLL_INTERVAL_ENV = "SGSD_CPU_POLL_INTERVAL"
+DEFAULT_POLL_INTERVAL = 0.1
+
+
+def _short_replay_buffer_poll(module: types.ModuleType) -> None:
+    """trainer/ppo/v1/replay_buffer.py: the v1 trainers build their ``ReplayBuffer`` without
+    a ``poll_interval`` (no config key reaches it), so it sleeps its default 2 s between
+    looks at TransferQueue: every training step and every validation pass waits at least
+    2 s for rollouts a CPU run generates in well under that. Shorten the default to
+    ``$SGSD_CPU_POLL_INTERVAL`` seconds (0.1); an explicit ``poll_interval`` still wins.
+    """
+    cls = module.ReplayBuffer
+    original = cls.__init__
+    if getattr(original, "_sgsd_cpu", False):
+        return
+    interval = float(os.environ.get(POLL_INTERVAL_ENV, DEFAULT_POLL_INTERVAL))
+
+    @functools.wraps(original)
+    def __init__(self, *args, poll_interval: float = interval, **kwargs):
+        original(self, *args, poll_interval=poll_interval, **kwargs)
+
+    __init__._sgsd_cpu = True
+    cls.__init__ = __init__  # ReplayBufferAsync inherits it
+
+
 def _load_hf_replica():
     from recipe.sgsd.cpu.hf_rollout import HFReplica
 
@@ -388,6 +414,7 @@ def install() -> bool:
         _hooks.add("verl.utils.model", _value_model_with_config_attention)
         _hooks.add("verl.workers.rollout.replica", _register_hf_replica)
         _hooks.add("verl.workers.rollout.base", _register_hf_adapter)
+        _hooks.add("verl.trainer.ppo.v1.replay_buffer", _short_replay_buffer_poll)
         _installed = True
     return True
 
