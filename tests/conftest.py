@@ -15,6 +15,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+# ----------------------------------------------------------------------------- tiers
+# The default tier (what `bash scripts/test.sh` and CI run): every in-process test plus one
+# real verl launch per distinct trainer path (tests/launches.py). `--all` adds the `sweep`
+# tests: every baseline and ablation one step through verl's real trainer.
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", default=False,
+                     help="also run the `sweep` tier (every variant through verl's real trainer)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--all"):
+        return
+    sweep = [item for item in items if item.get_closest_marker("sweep")]
+    if sweep:
+        config.hook.pytest_deselected(items=sweep)
+        items[:] = [item for item in items if not item.get_closest_marker("sweep")]
+
+
 @pytest.fixture(scope="session")
 def shipped_bank_path() -> Path:
     from sgsd.datasets import bank_path
@@ -59,3 +77,46 @@ def server():
 
     with ChatServer() as srv:
         yield srv
+
+
+# ----------------------------------------------------------------------------- CPU runs
+@pytest.fixture(scope="session")
+def run_model_dir(tmp_path_factory) -> Path:
+    """The tiny Qwen3 every CPU run of this session trains (and in-process tests of the
+    teacher pass use): built once."""
+    from recipe.sgsd.cpu.run import build_run_model
+
+    return build_run_model(tmp_path_factory.mktemp("run_model") / "tiny_qwen3")
+
+
+@pytest.fixture(scope="session")
+def run_data_dir(tmp_path_factory) -> Path:
+    """The parquet files every CPU run of this session reads (written once; the student-skill
+    file is added by the first run that needs it)."""
+    from recipe.sgsd.cpu.run import write_run_data
+
+    return write_run_data(tmp_path_factory.mktemp("run_data"), train_rows=64, val_rows=4)
+
+
+# The default tier's real verl launches (tests/launches.py): each runs once per session,
+# on the session's tiny model and data, when the first test that reads it starts.
+@pytest.fixture(scope="session")
+def live_run(tmp_path_factory, run_model_dir, run_data_dir):
+    from tests import launches
+
+    return launches.live_run(tmp_path_factory.mktemp("live_run"), run_model_dir, run_data_dir)
+
+
+@pytest.fixture(scope="session")
+def frozen_lora_run(tmp_path_factory, run_model_dir, run_data_dir):
+    from tests import launches
+
+    return launches.frozen_lora_run(tmp_path_factory.mktemp("frozen_lora_run"), run_model_dir, run_data_dir)
+
+
+@pytest.fixture(scope="session")
+def evolution_runs(tmp_path_factory, run_model_dir, run_data_dir, shipped_bank):
+    from tests import launches
+
+    return launches.evolution_runs(tmp_path_factory.mktemp("evolution_runs"), run_model_dir, run_data_dir,
+                                   shipped_bank)

@@ -3,12 +3,9 @@
 verl 0.9.1 calls the loss installed with ``ActorRolloutRefWorker.set_loss_fn`` as
 ``fn(model_output=..., data=<micro-batch TensorDict>, dp_group=...)`` for every
 micro-batch of an actor update; unlike a registered policy-loss function it sees every
-key of the batch, including the ones the teacher pass added:
-
-* ``sgsd_teacher_log_probs``  nested ``[B, (T_i), K]`` — teacher log-probs of the response tokens
-* ``sgsd_token_mask``         nested ``[B, (T_i)]``    — ``m_t`` (0/1)
-* ``sgsd_alpha``              ``[B, K]``              — teacher weights, 0 = absent teacher
-* ``sgsd_outcome_sign``       ``[B]``                 — +1 verified success, -1 failure
+key of the batch, including the ``sgsd_*`` fields the teacher pass added
+(:class:`recipe.sgsd.teacher_pass.TeacherFields`, read with the pass's own
+:func:`~recipe.sgsd.teacher_pass.read_loss_inputs`).
 
 The student log-probs are the live ones from this forward pass (with gradient); the
 library's :func:`sgsd.objective.sgsd_objective` decides polarity on their detached copy.
@@ -30,9 +27,10 @@ from typing import Any
 
 import torch
 
+from recipe.sgsd.teacher_pass import TeacherFields, fit_width, read_loss_inputs
 from sgsd.objective import ObjectiveConfig, sgsd_objective
 
-SGSD_FIELDS = ("sgsd_teacher_log_probs", "sgsd_token_mask", "sgsd_alpha", "sgsd_outcome_sign")
+SGSD_FIELDS = TeacherFields.keys()
 
 
 @dataclass
@@ -80,21 +78,16 @@ class SGSDActorLoss:
         from verl.workers.utils.padding import no_padding_2_padding
 
         student = no_padding_2_padding(model_output["log_probs"], data)  # [B, T] live
-        padded = data.select("response_mask", "sgsd_teacher_log_probs", "sgsd_token_mask").to_padded_tensor()
-        width = student.shape[1]
-        response_mask = _fit(padded["response_mask"], width).to(student.dtype)
-        token_mask = _fit(padded["sgsd_token_mask"], width).to(student.dtype) * response_mask
-        teacher = _fit(padded["sgsd_teacher_log_probs"], width).transpose(1, 2)  # [B, K, T]
-        alpha = _dense(data["sgsd_alpha"]).to(student.dtype)
-        sign = _dense(data["sgsd_outcome_sign"]).reshape(-1).to(student.dtype)
-        out = sgsd_objective(student, teacher.to(student.dtype), token_mask, alpha, sign, self.objective,
-                             response_mask=response_mask)
+        inputs = read_loss_inputs(data, student.shape[1], student.dtype)
+        out = sgsd_objective(student, inputs.teacher, inputs.token_mask, inputs.alpha, inputs.outcome_sign,
+                             self.objective, response_mask=inputs.response_mask)
         loss = global_mean(out.loss, data)
         if self.debug_dump_dir:
-            responses = _fit(data["responses"].to_padded_tensor(-1) if data["responses"].is_nested
-                             else data["responses"], width)
-            self._dump(student=student, teacher=teacher, token_mask=token_mask, alpha=alpha, sign=sign,
-                       response_mask=response_mask, responses=responses, per_problem=out.loss, loss=loss,
+            responses = fit_width(data["responses"].to_padded_tensor(-1) if data["responses"].is_nested
+                             else data["responses"], student.shape[1])
+            self._dump(student=student, teacher=inputs.teacher, token_mask=inputs.token_mask, alpha=inputs.alpha,
+                       sign=inputs.outcome_sign, response_mask=inputs.response_mask, responses=responses,
+                       per_problem=out.loss, loss=loss,
                        global_batch_size=torch.tensor(float(_non_tensor(data, "global_batch_size") or 0)),
                        dp_size=torch.tensor(float(_non_tensor(data, "dp_size") or 1)))
         return loss, out.metrics
@@ -125,18 +118,3 @@ def _non_tensor(data: Any, key: str):
     except KeyError:
         return None
     return getattr(value, "data", value)
-
-
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    """TransferQueue may hand per-sample fixed-size fields back as a jagged tensor."""
-    return torch.stack([x for x in t.unbind()]) if t.is_nested else t
-
-
-def _fit(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Pad/cut dim 1 to ``width``: a micro-batch's nested max length equals the model's."""
-    if t.shape[1] == width:
-        return t
-    if t.shape[1] > width:
-        return t[:, :width]
-    pad = [0, 0] * (t.dim() - 2) + [0, width - t.shape[1]]
-    return torch.nn.functional.pad(t, pad)

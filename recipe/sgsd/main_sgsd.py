@@ -4,7 +4,8 @@ The config is ``recipe/sgsd/config/sgsd_trainer.yaml`` (verl's ``ppo_trainer`` p
 ``sgsd:``). With ``algorithm.adv_estimator=sgsd`` the run uses the SGSD trainer, the SGSD
 reward manager (verl's naive one + the record hook) and, unless one is given, the
 project's verifier as reward function; with ``algorithm.adv_estimator=grpo`` (or any
-other estimator) it is verl's own run, unchanged.
+other estimator) it is verl's own algorithm and trainer, unchanged but for the metrics a
+resumed run keeps (``trainer_mode=sgsd_sync``, :mod:`recipe.sgsd.sync_trainer`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sgsd.config import SGSDConfig
+
+SYNC_TRAINER = "sgsd_sync"  # the registry name of recipe.sgsd.sync_trainer.RecipeSyncTrainer
 
 PLUGIN_MODULE = "recipe.sgsd.plugin"
 
@@ -36,10 +39,14 @@ def prepare_config(config: DictConfig) -> DictConfig:
         env_vars = config.ray_kwargs.ray_init.setdefault("runtime_env", {}).setdefault("env_vars", {})
         env_vars["VERL_USE_EXTERNAL_MODULES"] = os.environ["VERL_USE_EXTERNAL_MODULES"]
     if config.algorithm.adv_estimator != "sgsd":
+        with open_dict(config):
+            if config.trainer.get("use_v1", True) and config.trainer.v1.get("trainer_mode", "sync") == "sync":
+                # verl's sync trainer, keeping a resumed run's metrics (recipe/sgsd/sync_trainer.py)
+                config.trainer.v1.trainer_mode = SYNC_TRAINER
         return config
     with open_dict(config):
         mode = config.trainer.v1.get("trainer_mode", "sync")
-        if mode not in ("sync", "sgsd"):
+        if mode not in ("sync", "sgsd", SYNC_TRAINER):
             raise ValueError(f"algorithm.adv_estimator=sgsd needs trainer.v1.trainer_mode=sync (got {mode!r}): "
                              "the teacher pass scores rollouts with the current weights")
         if not config.trainer.get("use_v1", True):

@@ -1,26 +1,238 @@
-"""The teacher pass's pure parts: which teacher sequences to score, and how results land.
+"""The teacher pass (paper Alg. 1 lines 5-9) as one function of the rollouts, and the
+record it hands the actor loss.
 
-For a batch of B student rollouts the trainer retrieves teachers once for all problems,
-then asks :func:`plan_teachers` for one token sequence per present teacher
-(teacher prompt + the SAME response ids). All of them go through verl's log-prob
-machinery in one call; :func:`scatter_teacher_log_probs` puts the scored log-probs back
-as one ``[T_i, K]`` tensor per rollout (absent teachers hold the student's own
-log-probs, i.e. a zero gap, and weight 0).
+For a batch of B student rollouts, :class:`TeacherPass` retrieves teachers once for all
+problems, asks :func:`plan_teachers` for one token sequence per present teacher (teacher
+prompt + the SAME response ids), has an injected :class:`TeacherScorer` score them all in
+one call, and returns a :class:`TeacherPassResult` whose :class:`TeacherFields` is the
+typed record of the ``sgsd_*`` batch fields. The scorer is verl's worker group in the
+trainer (:mod:`recipe.sgsd.trainer`) and a plain forward of a real model in tests.
 
-No verl import here: these functions are unit-tested on their own.
+:func:`read_loss_inputs` is the ONE reader of that record: the actor loss reads its
+micro-batch with it, and the pass computes the batch's support statistics with it, so the
+two cannot disagree on layout.
+
+No verl import here (torch, tensordict and the ``sgsd`` library only): the whole pass runs
+in-process on a real tiny model.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
 
 import torch
+from tensordict import TensorDict
 
+from sgsd.config import SGSDConfig
+from sgsd.objective import sgsd_objective, support_quantiles
 from sgsd.prompts import ChatFormat, guidance_block, teacher_prompt_ids
 from sgsd.retrieval import ProblemRetrieval
+from sgsd.token_mask import TokenMaskBuilder
 
 
+# ----------------------------------------------------------------------------- the record
+@dataclass
+class TeacherFields:
+    """What the teacher pass adds to each rollout of the batch (the ``sgsd_*`` fields).
+
+    Per rollout ``i`` with ``T_i`` response tokens and ``K = sgsd.top_k`` (1 for the
+    answer-conditioned teachers) teacher slots:
+
+    * ``teacher_log_probs`` ``[T_i, K]`` log-probs of the response tokens under each teacher;
+      an absent slot holds the student's own (a zero gap) and weight 0;
+    * ``token_mask`` ``[T_i]`` ``m_t`` (0/1), not yet ANDed with the response mask;
+    * ``alpha`` ``[B, K]`` teacher weights (eq. 6), 0 = absent teacher;
+    * ``outcome_sign`` ``[B]`` +1 verified success, -1 failure (eq. 9).
+    """
+
+    teacher_log_probs: list[torch.Tensor]
+    token_mask: list[torch.Tensor]
+    alpha: torch.Tensor
+    outcome_sign: torch.Tensor
+
+    PREFIX = "sgsd_"
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The batch keys, spelled once: ``sgsd_teacher_log_probs``, ``sgsd_token_mask``, ..."""
+        return tuple(cls.PREFIX + f.name for f in fields(cls))
+
+    def to_tensordict(self) -> TensorDict:
+        """verl's layout: per-token fields as jagged nested tensors, the rest dense."""
+        jagged = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)  # noqa: E731
+        values = {"teacher_log_probs": jagged(self.teacher_log_probs), "token_mask": jagged(self.token_mask),
+                  "alpha": self.alpha, "outcome_sign": self.outcome_sign}
+        return TensorDict({self.PREFIX + k: v for k, v in values.items()}, batch_size=[len(self.alpha)])
+
+
+@dataclass
+class LossInputs:
+    """The record padded to ``[B, ..., T]`` for :func:`sgsd.objective.sgsd_objective`."""
+
+    teacher: torch.Tensor  # [B, K, T]
+    token_mask: torch.Tensor  # [B, T], m_t AND the response mask
+    alpha: torch.Tensor  # [B, K]
+    outcome_sign: torch.Tensor  # [B]
+    response_mask: torch.Tensor  # [B, T]
+    student: torch.Tensor | None = None  # [B, T], when read from a key (the old log-probs)
+
+
+def read_loss_inputs(data: TensorDict, width: int, dtype: torch.dtype = torch.float32,
+                     student_key: str | None = None) -> LossInputs:
+    """Pad the ``sgsd_*`` fields (and ``response_mask``, and ``student_key`` if given) of a
+    batch or micro-batch to ``width`` response positions."""
+    teacher_key, mask_key, alpha_key, sign_key = TeacherFields.keys()
+    per_token = ["response_mask", teacher_key, mask_key] + ([student_key] if student_key else [])
+    padded = data.select(*per_token).to_padded_tensor()
+    response_mask = fit_width(padded["response_mask"], width).to(dtype)
+    return LossInputs(
+        teacher=fit_width(padded[teacher_key], width).transpose(1, 2).to(dtype),
+        token_mask=fit_width(padded[mask_key], width).to(dtype) * response_mask,
+        alpha=_dense(data[alpha_key]).to(dtype),
+        outcome_sign=_dense(data[sign_key]).reshape(-1).to(dtype),
+        response_mask=response_mask,
+        student=fit_width(padded[student_key], width).to(dtype) if student_key else None,
+    )
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """TransferQueue may hand per-sample fixed-size fields back as a jagged tensor."""
+    return torch.stack(list(t.unbind())) if t.is_nested else t
+
+
+def fit_width(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad/cut dim 1 to ``width`` (a micro-batch's nested max length equals the model's)."""
+    if t.shape[1] == width:
+        return t
+    if t.shape[1] > width:
+        return t[:, :width]
+    pad = [0, 0] * (t.dim() - 2) + [0, width - t.shape[1]]
+    return torch.nn.functional.pad(t, pad)
+
+
+# ----------------------------------------------------------------------------- the pass
+@dataclass
+class Rollouts:
+    """What the teacher pass reads of B student rollouts (one row per rollout)."""
+
+    responses: list[torch.Tensor]  # [T_i] response token ids
+    response_masks: list[torch.Tensor]  # [T_i]
+    log_probs: list[torch.Tensor]  # [T_i] the student's (old) log-probs
+    rewards: torch.Tensor  # [B] verifier rewards
+    problems: list[str]  # the plain problem statements
+    answers: list[str | None] | None = None  # reference answers (answer-conditioned teachers)
+
+    def __len__(self) -> int:
+        return len(self.responses)
+
+
+class TeacherScorer(Protocol):
+    """Scores teacher sequences: ``prompt_ids[j] + responses[j]`` for every j, returning the
+    response-aligned log-probs ``[T_j]`` of each, in the order given."""
+
+    def __call__(self, prompt_ids: Sequence[Sequence[int]], responses: Sequence[torch.Tensor],
+                 response_masks: Sequence[torch.Tensor]) -> list[torch.Tensor]: ...
+
+
+@dataclass
+class TeacherPassResult:
+    fields: TeacherFields
+    plan: TeacherPlan
+    retrievals: list[ProblemRetrieval]
+    scored: list[torch.Tensor]  # one [T] per planned sequence, in plan order
+    support: torch.Tensor  # [B, K] robust support a_k, decided exactly as the loss decides it
+    metrics: dict[str, float] = field(default_factory=dict)  # sgsd/* keys
+
+
+class TeacherPass:
+    """The teacher pass of one run: settings, tokenizer and retriever bound once.
+
+    ``TeacherPass(config, tokenizer, retriever)(rollouts, scorer)`` -> :class:`TeacherPassResult`.
+    The token mask's vocabulary table is built once here.
+    """
+
+    def __init__(self, config: SGSDConfig, tokenizer: Any, retriever: Any):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.retriever = retriever
+        self.token_mask = TokenMaskBuilder(tokenizer, config.mask)
+        self.format = ChatFormat(enable_thinking=config.teacher_thinking,
+                                 prefill_empty_think=config.prefill_empty_think)
+
+    @property
+    def needs_answers(self) -> bool:
+        return self.config.reference_answer_in_teacher or self.config.teacher_context != "skills"
+
+    def __call__(self, rollouts: Rollouts, scorer: TeacherScorer) -> TeacherPassResult:
+        cfg, n = self.config, len(rollouts)
+        t0 = time.perf_counter()
+        if cfg.teacher_context == "answer":  # OPSD: the answer alone, nothing to retrieve
+            retrievals = [ProblemRetrieval(teachers=())] * n
+        else:
+            retrievals = list(self.retriever.retrieve(rollouts.problems))
+        retrieval_time = time.perf_counter() - t0
+        plan = plan_teachers(rollouts.problems, retrievals, self.tokenizer, self.format, cfg.top_k,
+                             cfg.max_teacher_prompt_length, rollouts.answers if self.needs_answers else None,
+                             context=cfg.teacher_context)
+
+        t0 = time.perf_counter()
+        scored = scorer(plan.prompt_ids, [rollouts.responses[o] for o in plan.owner],
+                        [rollouts.response_masks[o] for o in plan.owner]) if len(plan) else []
+        scoring_time = time.perf_counter() - t0
+        record = TeacherFields(
+            teacher_log_probs=scatter_teacher_log_probs(plan, scored, rollouts.log_probs),
+            token_mask=[self.token_mask(r, m).float() for r, m in zip(rollouts.responses, rollouts.response_masks)],
+            alpha=plan.alpha,
+            outcome_sign=outcome_signs(rollouts.rewards.float(), cfg.outcome_threshold),
+        )
+        support = self.support(record, rollouts)
+        n_teachers = (plan.alpha > 0).sum(-1).float()
+        metrics = {
+            "sgsd/retrieval_time": retrieval_time,
+            "sgsd/teacher_scoring_time": scoring_time,
+            "sgsd/teacher_tokens": float(sum(len(p) + len(rollouts.responses[o])
+                                             for p, o in zip(plan.prompt_ids, plan.owner))),
+            "sgsd/teachers_per_problem_retrieved": n_teachers.mean().item() if n else 0.0,
+            "sgsd/short_pool_problems": (n_teachers < plan.alpha.shape[1]).float().mean().item() if n else 0.0,
+            "sgsd/truncated_teacher_prompts": float(plan.truncated),
+            "sgsd/success_rate": (rollouts.rewards.float() > cfg.outcome_threshold).float().mean().item() if n else 0.0,
+            **{f"sgsd/{k}": v for k, v in support_quantiles(support, plan.alpha > 0).items()},
+        }
+        return TeacherPassResult(record, plan, retrievals, list(scored), support, metrics)
+
+    def support(self, record: TeacherFields, rollouts: Rollouts) -> torch.Tensor:
+        """Robust support ``a_k`` ``[B, K]`` of the batch on the rollout-time log-probs, read
+        and decided exactly as the loss reads and decides it (what the first mini-batch of
+        an on-policy update sees)."""
+        if not len(rollouts):
+            return torch.zeros(0, record.alpha.shape[1])
+        data = record.to_tensordict()
+        jagged = lambda rows: torch.nested.as_nested_tensor([r.float() for r in rows], layout=torch.jagged)  # noqa: E731
+        data["response_mask"] = jagged(rollouts.response_masks)
+        data["old_log_probs"] = jagged(rollouts.log_probs)
+        inputs = read_loss_inputs(data, max(len(t) for t in rollouts.log_probs), student_key="old_log_probs")
+        with torch.no_grad():
+            out = sgsd_objective(inputs.student, inputs.teacher, inputs.token_mask, inputs.alpha, inputs.outcome_sign,
+                                 self.config.objective_config(), response_mask=inputs.response_mask)
+        return out.support
+
+
+def teacher_item_ids(retrievals: Sequence[ProblemRetrieval], top_k: int) -> tuple[list[list], list[list]]:
+    """``[B][K]`` skill ids and mistake ids of each teacher slot (None where absent), for
+    crediting per-item utility (:class:`sgsd.item_utility.UtilityTracker`)."""
+    skills = [[None] * top_k for _ in retrievals]
+    mistakes = [[None] * top_k for _ in retrievals]
+    for row, retrieval in enumerate(retrievals):
+        for pair in retrieval.teachers[:top_k]:
+            skills[row][pair.rank] = pair.skill.skill_id
+            mistakes[row][pair.rank] = pair.mistake.mistake_id
+    return skills, mistakes
+
+
+# ----------------------------------------------------------------------------- planning
 @dataclass
 class TeacherPlan:
     """Teacher sequences of one batch, flattened (row-major over rollouts, then rank)."""

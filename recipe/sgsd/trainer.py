@@ -1,4 +1,5 @@
-"""The SGSD trainer: verl 0.9.1's synchronous v1 trainer plus the teacher pass.
+"""The SGSD trainer: verl 0.9.1's synchronous v1 trainer (as :mod:`recipe.sgsd.sync_trainer`
+runs it) plus the teacher pass and the bank's life.
 
 One step (paper Alg. 1) in verl terms — only the marked parts are SGSD's:
 
@@ -30,28 +31,20 @@ from recipe.sgsd import memory_probe
 from recipe.sgsd.loss import SGSDActorLoss
 from recipe.sgsd.policy_writer import PolicyWriterClient
 from recipe.sgsd.reward_hook import record_buffer
-from recipe.sgsd.teacher_pass import (
-    outcome_signs,
-    plan_teachers,
-    scatter_teacher_log_probs,
-    scoring_order,
-)
+from recipe.sgsd.sync_trainer import RecipeSyncTrainer
+from recipe.sgsd.teacher_pass import Rollouts, TeacherPass, scoring_order, teacher_item_ids
 from sgsd.bank import SkillBank
 from sgsd.config import SGSDConfig
-from sgsd.datasets import SKILL_BANKS, bank_path
+from sgsd.datasets import resolve
 from sgsd.evolution import BankEvolution
 from sgsd.llm.base import GenerationSettings
 from sgsd.llm.factory import make_client
-from sgsd.objective import sgsd_objective, support_quantiles
-from sgsd.prompts import ChatFormat
-from sgsd.retrieval import ProblemRetrieval, SentenceTransformerEncoder, SkillRetriever
-from sgsd.token_mask import TokenMaskBuilder
+from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
 from sgsd.updater import SkillUpdater, UpdateConfig
 from sgsd.verl_data import problem_text
 from sgsd.item_utility import UtilityTracker
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.utils.debug import marked_timer
-from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested
@@ -62,14 +55,8 @@ TEACHER_PARTITION = "sgsd_teacher"
 CHECKPOINT_SUBDIR = "sgsd"
 
 
-def resolve_bank_path(value: str) -> Path:
-    """A bank path, or the name of a shipped bank (``qwen3_1.7b``)."""
-    path = Path(value)
-    return bank_path(value) if not path.exists() and value in SKILL_BANKS else path
-
-
 @register_trainer("sgsd")
-class SGSDTrainer(PPOTrainerSync):
+class SGSDTrainer(RecipeSyncTrainer):
     """``trainer.v1.trainer_mode=sgsd`` (set by ``recipe.sgsd.main_sgsd`` for ``adv_estimator=sgsd``)."""
 
     def __init__(self, config):
@@ -88,9 +75,7 @@ class SGSDTrainer(PPOTrainerSync):
             SentenceTransformerEncoder(cfg.encoder, device=cfg.encoder_device), self.skill_bank,
             top_k=cfg.top_k, temperature=cfg.alpha_temperature,
         )
-        self.token_mask = TokenMaskBuilder(self.tokenizer, cfg.mask)
-        self.teacher_format = ChatFormat(enable_thinking=cfg.teacher_thinking,
-                                         prefill_empty_think=cfg.prefill_empty_think)
+        self.teacher_pass = TeacherPass(cfg, self.tokenizer, self.retriever)
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
         loss = SGSDActorLoss(actor_config=actor_config, objective=cfg.objective_config(),
                              distill_coef=cfg.distill_coef, hybrid=self.config.actor_rollout_ref.rollout.n > 1,
@@ -107,7 +92,7 @@ class SGSDTrainer(PPOTrainerSync):
     def _make_evolution(self) -> BankEvolution:
         """The run's bank: restored from the checkpoint being resumed, else ``sgsd.bank_path``."""
         cfg, up = self.sgsd_config, self.sgsd_config.update
-        bank = SkillBank.load(resolve_bank_path(cfg.bank_path), require_nonempty=True)
+        bank = SkillBank.load(resolve(cfg.bank_path, "bank"), require_nonempty=True)
         output_dir = Path(cfg.bank_output_dir or os.path.join(self.config.trainer.default_local_dir, "sgsd_bank"))
         updater = None
         if up.enable:
@@ -241,114 +226,58 @@ class SGSDTrainer(PPOTrainerSync):
 
     # ----------------------------------------------------------------- teacher pass
     def _teacher_pass(self, batch, metrics):
-        cfg = self.sgsd_config
+        """Read the rollouts from TransferQueue, run :class:`TeacherPass` with verl's worker
+        group as the scorer, write the ``sgsd_*`` fields back next to the rollouts."""
         start = time.perf_counter()
         wanted = ["prompts", "responses", "response_mask", "rm_scores", "old_log_probs", "extra_info",
                   "raw_prompt", "reward_model"]
         available = set(batch.fields) if batch.fields else set(wanted)
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
                                select_fields=[f for f in wanted if f in available])
-        responses = list(data["responses"].unbind())
-        response_masks = list(data["response_mask"].unbind())
-        student_lp = list(data["old_log_probs"].unbind())
-        rewards = torch.stack([r.sum() for r in data["rm_scores"].unbind()]).float()
-        extra = _non_tensor_list(data, "extra_info", len(responses))
-        raw_prompts = _non_tensor_list(data, "raw_prompt", len(responses))
-        problems = [problem_text(e, p) for e, p in zip(extra, raw_prompts)]
-        answers = None
-        if cfg.reference_answer_in_teacher or cfg.teacher_context != "skills":
-            answers = [str((rm or {}).get("ground_truth", "")) for rm in _non_tensor_list(data, "reward_model",
-                                                                                         len(responses))]
-
-        t0 = time.perf_counter()
-        if cfg.teacher_context == "answer":  # OPSD: the answer alone, nothing to retrieve
-            retrievals = [ProblemRetrieval(teachers=())] * len(problems)
-        else:
-            retrievals = self.retriever.retrieve(problems)
-        retrieval_time = time.perf_counter() - t0
-        plan = plan_teachers(problems, retrievals, self.tokenizer, self.teacher_format, cfg.top_k,
-                             cfg.max_teacher_prompt_length, answers, context=cfg.teacher_context)
-
-        t0 = time.perf_counter()
-        scored, teacher_tokens = self._score_teachers(plan, responses, response_masks)
-        scoring_time = time.perf_counter() - t0
-        teacher_lp = scatter_teacher_log_probs(plan, scored, student_lp)
+        n = len(data["responses"])
+        extra, raw_prompts = _non_tensor_list(data, "extra_info", n), _non_tensor_list(data, "raw_prompt", n)
+        rollouts = Rollouts(
+            responses=list(data["responses"].unbind()), response_masks=list(data["response_mask"].unbind()),
+            log_probs=list(data["old_log_probs"].unbind()),
+            rewards=torch.stack([r.sum() for r in data["rm_scores"].unbind()]).float(),
+            problems=[problem_text(e, p) for e, p in zip(extra, raw_prompts)],
+            answers=[str((rm or {}).get("ground_truth", "")) for rm in _non_tensor_list(data, "reward_model", n)],
+        )
+        result = self.teacher_pass(rollouts, self._score_teachers)
         if os.environ.get("SGSD_DEBUG_DUMP_DIR"):
-            self._dump_teacher_pass(plan, scored, responses, student_lp, list(data["prompts"].unbind()))
-        token_mask = [self.token_mask(r, m).float() for r, m in zip(responses, response_masks)]
-        fields = TensorDict({
-            "sgsd_teacher_log_probs": torch.nested.as_nested_tensor(teacher_lp, layout=torch.jagged),
-            "sgsd_token_mask": torch.nested.as_nested_tensor(token_mask, layout=torch.jagged),
-            "sgsd_alpha": plan.alpha,
-            "sgsd_outcome_sign": outcome_signs(rewards, cfg.outcome_threshold),
-        }, batch_size=[len(responses)])
-        batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields, tags=batch.tags)
-        if len(responses):  # the batch's support distribution, and per-item utility (counted in the pass's time)
-            support = self._rollout_support(teacher_lp, student_lp, token_mask, response_masks, plan.alpha,
-                                            fields["sgsd_outcome_sign"])
-            metrics.update({f"sgsd/{k}": v for k, v in support_quantiles(support, plan.alpha > 0).items()})
-            if self.evolution.tracker is not None and cfg.teacher_context == "skills":
-                self._observe_utility(retrievals, support, plan.alpha, fields["sgsd_outcome_sign"])
-
+            self._dump_teacher_pass(result, rollouts, list(data["prompts"].unbind()))
+        batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
+                                fields=result.fields.to_tensordict(), tags=batch.tags)
+        cfg = self.sgsd_config
+        if n and self.evolution.tracker is not None and cfg.teacher_context == "skills":  # per-item utility
+            skill_ids, mistake_ids = teacher_item_ids(result.retrievals, cfg.top_k)
+            threshold = cfg.threshold if cfg.ablation.use_threshold else 0.0
+            self.evolution.tracker.observe(skill_ids, mistake_ids, result.support, result.fields.alpha,
+                                           result.fields.outcome_sign, threshold)
         elapsed = time.perf_counter() - start
+        metrics.update(result.metrics)  # bank sizes: sgsd/bank/* from BankEvolution.metrics
+        metrics["sgsd/teacher_pass_time"] = elapsed
+        metrics["sgsd/teacher_tokens_per_s"] = result.metrics["sgsd/teacher_tokens"] / max(elapsed, 1e-9)
         if getattr(self, "_last_teacher_peak_mb", None) is not None:
             metrics["sgsd/teacher_pass_peak_extra_mb"] = self._last_teacher_peak_mb
-        n_teachers = (plan.alpha > 0).sum(-1).float()
-        metrics.update({
-            "sgsd/teacher_pass_time": elapsed,
-            "sgsd/retrieval_time": retrieval_time,
-            "sgsd/teacher_tokens": float(teacher_tokens),
-            "sgsd/teacher_tokens_per_s": teacher_tokens / max(elapsed, 1e-9),
-            "sgsd/teacher_scoring_time": scoring_time,
-            "sgsd/teachers_per_problem_retrieved": n_teachers.mean().item(),
-            "sgsd/short_pool_problems": (n_teachers < plan.alpha.shape[1]).float().mean().item(),
-            "sgsd/truncated_teacher_prompts": float(plan.truncated),
-            "sgsd/success_rate": (rewards > cfg.outcome_threshold).float().mean().item(),
-        })  # bank sizes: sgsd/bank/* from BankEvolution.metrics
         return batch
 
-    def _rollout_support(self, teacher_lp, student_lp, token_mask, response_masks, alpha, sign) -> torch.Tensor:
-        """Robust support ``a_k`` [B, K] of the whole batch, decided exactly as the loss decides
-        it (same function, same config) on the rollout-time log-probs — what the first
-        mini-batch of an on-policy update sees."""
-        width = max(len(t) for t in student_lp)
-        pad = lambda rows, value: torch.nn.utils.rnn.pad_sequence(  # noqa: E731
-            [r.float() for r in rows], batch_first=True, padding_value=value)[:, :width]
-        response_mask = pad(response_masks, 0.0)
-        with torch.no_grad():
-            out = sgsd_objective(pad(student_lp, 0.0), pad(teacher_lp, 0.0).transpose(1, 2),
-                                 pad(token_mask, 0.0) * response_mask, alpha, sign,
-                                 self.sgsd_config.objective_config(), response_mask=response_mask)
-        return out.support
-
-    def _observe_utility(self, retrievals, support, alpha, sign) -> None:
-        """Credit each retrieved item with its teacher's polarity category (alpha-weighted)."""
-        k = self.sgsd_config.top_k
-        skill_ids = [[None] * k for _ in retrievals]
-        mistake_ids = [[None] * k for _ in retrievals]
-        for row, retrieval in enumerate(retrievals):
-            for pair in retrieval.teachers[:k]:
-                skill_ids[row][pair.rank] = pair.skill.skill_id
-                mistake_ids[row][pair.rank] = pair.mistake.mistake_id
-        threshold = self.sgsd_config.threshold if self.sgsd_config.ablation.use_threshold else 0.0
-        self.evolution.tracker.observe(skill_ids, mistake_ids, support, alpha, sign, threshold)
-
-    def _score_teachers(self, plan, responses, response_masks) -> tuple[list[torch.Tensor], int]:
-        """All teacher sequences through verl's log-prob call at once; response-aligned results."""
-        if len(plan) == 0:
-            return [], 0
-        order = scoring_order([len(p) + len(responses[o]) for p, o in zip(plan.prompt_ids, plan.owner)],
-                               self._teacher_dp_size())
+    def _score_teachers(self, prompt_ids, responses, response_masks) -> list[torch.Tensor]:
+        """The trainer's :class:`~recipe.sgsd.teacher_pass.TeacherScorer`: every teacher
+        sequence through verl's log-prob call at once (the actor when live; the reference
+        model, or the actor with its LoRA adapter off, when frozen) via a TransferQueue side
+        partition; response-aligned results in the order given."""
+        order = scoring_order([len(p) + len(r) for p, r in zip(prompt_ids, responses)], self._teacher_dp_size())
         rows, tags = [], []
         for j in order:
-            owner, prompt = plan.owner[j], torch.tensor(plan.prompt_ids[j], dtype=torch.int64)
-            input_ids = torch.cat([prompt, responses[owner]])
+            prompt = torch.tensor(prompt_ids[j], dtype=torch.int64)
+            input_ids = torch.cat([prompt, responses[j]])
             rows.append({
-                "prompts": prompt, "responses": responses[owner], "input_ids": input_ids,
+                "prompts": prompt, "responses": responses[j], "input_ids": input_ids,
                 "attention_mask": torch.ones_like(input_ids), "position_ids": torch.arange(len(input_ids)),
-                "response_mask": response_masks[owner], "loss_mask": response_masks[owner],
+                "response_mask": response_masks[j], "loss_mask": response_masks[j],
             })
-            tags.append({"status": "success", "prompt_len": len(prompt), "response_len": len(responses[owner]),
+            tags.append({"status": "success", "prompt_len": len(prompt), "response_len": len(responses[j]),
                          "seq_len": len(input_ids)})
         keys = [f"sgsd_t{self.global_steps}_{i}" for i in range(len(rows))]
         meta = tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=list_of_dict_to_tensordict(rows),
@@ -372,23 +301,24 @@ class SGSDTrainer(PPOTrainerSync):
                 self._last_teacher_peak_mb = probe.stop()
             out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"])
             results = list(response_from_nested(out["log_probs"], out["response_mask"]).unbind())
-            scored: list[torch.Tensor | None] = [None] * len(plan)
+            scored: list[torch.Tensor | None] = [None] * len(prompt_ids)
             for position, j in enumerate(order):
                 if scored[j] is None:  # later copies are the DP padding
                     scored[j] = results[position]
         finally:
             tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
-        teacher_tokens = sum(len(p) + len(responses[o]) for p, o in zip(plan.prompt_ids, plan.owner))
-        return scored, teacher_tokens
+        return scored
 
-    def _dump_teacher_pass(self, plan, scored, responses, student_lp, student_prompts) -> None:
+    def _dump_teacher_pass(self, result, rollouts, student_prompts) -> None:
         """Tests only: what the pass scored, to check it against an independent forward."""
         folder = Path(os.environ["SGSD_DEBUG_DUMP_DIR"])
         folder.mkdir(parents=True, exist_ok=True)
+        plan = result.plan
         torch.save({
             "step": self.global_steps, "owner": plan.owner, "slot": plan.slot, "prompt_ids": plan.prompt_ids,
-            "alpha": plan.alpha, "responses": [r.clone() for r in responses], "scored": [s.clone() for s in scored],
-            "student_log_probs": [s.clone() for s in student_lp],
+            "alpha": plan.alpha, "responses": [r.clone() for r in rollouts.responses],
+            "scored": [s.clone() for s in result.scored],
+            "student_log_probs": [s.clone() for s in rollouts.log_probs],
             "student_prompts": [p.clone() for p in student_prompts],
             "temperature": self.sgsd_config.logprob_temperature,
         }, folder / f"teacher_pass_step{self.global_steps:04d}.pt")

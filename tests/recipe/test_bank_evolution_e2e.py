@@ -1,72 +1,30 @@
-"""Online bank evolution inside verl 0.9.1's real trainer on CPU (issue 4, section 6).
+"""Online bank evolution inside verl 0.9.1's real trainer on CPU (issue 4, section 6), on the
+session's shared launches (tests/launches.py):
 
-* the policy itself writes skills through verl's rollout server (whatever the random tiny
-  model writes is parsed or counted; the bank stays valid; validation rollouts stay out
-  of the window);
-* a well-behaved writer behind an OpenAI-compatible endpoint: the bank grows by at most
-  N per update and never beyond C, static items stay, snapshots are written, retrieval
-  sees the new items at the next step, and a resumed run starts from the evolved bank.
-
-Rewards come from ``tests/alternating_reward.py`` (even dataset index = success), so
-every window holds both successes and failures whatever the random model writes.
+* the live run: the policy itself writes skills through verl's rollout server (whatever the
+  random tiny model writes is parsed or counted; the bank stays valid; validation rollouts
+  stay out of the window);
+* the evolution runs: a well-behaved writer behind an OpenAI-compatible endpoint: the bank
+  grows by at most N per update and never beyond C, static items stay, snapshots are
+  written, retrieval sees the new items at the next step, and a resumed run starts from the
+  evolved bank and keeps every earlier step's metrics.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from recipe.sgsd.cpu.run import CPURun
 from sgsd.bank import SkillBank
 from sgsd.item_utility import utility_of
-from tests.skill_writer import WriterServer
+from tests.launches import by_step
 
 pytestmark = pytest.mark.slow
 
-REWARD = ["reward.custom_reward_function.path=pkg://tests.alternating_reward",
-          "reward.custom_reward_function.name=compute_score"]
-
-
-def _skip_on_gpu() -> None:
-    from recipe.sgsd.cpu.backend import gpu_present
-
-    if gpu_present():
-        pytest.skip("the CPU backend stays off on GPU machines")
-
-
-def _run(run: CPURun) -> CPURun:
-    done = run.run(capture=True, timeout=1200)
-    assert done.returncode == 0, (done.stdout[-5000:], done.stderr[-5000:])
-    return run
-
-
-def _by_step(run: CPURun) -> dict[int, dict]:
-    return {s["step"]: s["data"] for s in run.metrics()}
-
-
-def _small_bank(shipped_bank, path: Path) -> Path:
-    """One static skill and one static mistake: one teacher per problem until the bank grows."""
-    shipped_bank.with_items(general_skills=shipped_bank.general_skills[:1],
-                            common_mistakes=shipped_bank.common_mistakes[:1]).save(path)
-    return path
-
 
 # ----------------------------------------------------------------------------- the policy writes
-@pytest.fixture(scope="module")
-def policy_run(tmp_path_factory) -> CPURun:
-    _skip_on_gpu()
-    workdir = tmp_path_factory.mktemp("sgsd_policy_writer")
-    return _run(CPURun(workdir, steps=2, extra=[
-        *REWARD, "sgsd.update.enable=true", "sgsd.update.freq=2", "sgsd.update.writer=policy",
-        "sgsd.update.max_memories=2", "sgsd.update.max_new_tokens=24", "sgsd.update.max_completion_chars=400",
-        "trainer.test_freq=1",  # a validation pass after step 1: its rollouts must not enter the window
-    ]))
-
-
-def test_the_policy_writes_through_the_rollout_server_and_every_reply_is_counted(policy_run, shipped_bank):
-    steps = _by_step(policy_run)
-    assert sorted(steps) == [1, 2]
+def test_the_policy_writes_through_the_rollout_server_and_every_reply_is_counted(live_run, shipped_bank):
+    steps = by_step(live_run)
+    assert sorted(steps) == [1, 2, 3]
     update = steps[2]
     assert "sgsd/update/requests" not in steps[1]  # updates only every freq steps
     # 2 steps x 4 training rollouts; the 4 validation rollouts after step 1 are not in it
@@ -79,34 +37,18 @@ def test_the_policy_writes_through_the_rollout_server_and_every_reply_is_counted
     # the random model's replies: either parsed into items or counted as parse failures
     parsed_or_counted = update["sgsd/update/parse_failures"] + update.get("sgsd/update/candidates_general_skills", 0)
     assert parsed_or_counted >= 1
-    saved = SkillBank.load(policy_run.checkpoint_dir / "global_step_2" / "sgsd" / "bank.json",
+    saved = SkillBank.load(live_run.checkpoint_dir / "global_step_3" / "sgsd" / "bank.json",
                            require_nonempty=True)
     for kind in ("general_skills", "common_mistakes"):  # static items untouched, whatever was written
         assert [it for it in saved.items(kind) if it.origin != "dynamic"] == list(shipped_bank.items(kind))
-    latest = policy_run.checkpoint_dir / "sgsd_bank" / "bank.json"
+    latest = live_run.checkpoint_dir / "sgsd_bank" / "bank.json"
     assert SkillBank.load(latest).to_dict() == saved.to_dict()
 
 
 # ----------------------------------------------------------------------------- a good writer, resume
-@pytest.fixture(scope="module")
-def writer_runs(tmp_path_factory, shipped_bank):
-    _skip_on_gpu()
-    workdir = tmp_path_factory.mktemp("sgsd_evolution")
-    bank_file = _small_bank(shipped_bank, workdir / "small_bank.json")
-    with WriterServer() as server:
-        common = [*REWARD, f"sgsd.bank_path={bank_file}", "sgsd.update.enable=true", "sgsd.update.freq=2",
-                  f'sgsd.update.writer="openai:{server.base_url}#skill-writer"',  # quoted: ':' and '#' for Hydra
-                  "sgsd.update.max_new_items=2", "sgsd.update.capacity=3", "sgsd.update.max_memories=2",
-                  "trainer.save_freq=2"]
-        first = _run(CPURun(workdir, steps=4, extra=common))
-        first_metrics = _by_step(first)
-        requests_first = len(server.requests)
-        second = _run(CPURun(workdir, steps=6, extra=common))  # resumes from global_step_4
-    return first, first_metrics, second, _by_step(second), bank_file, requests_first
-
-
-def test_bank_grows_by_at_most_n_never_beyond_c_static_items_stay(writer_runs):
-    first, steps, _, _, bank_file, requests = writer_runs
+def test_bank_grows_by_at_most_n_never_beyond_c_static_items_stay(evolution_runs):
+    runs = evolution_runs
+    first, steps, bank_file, requests = runs["first"], runs["first_metrics"], runs["bank_file"], runs["requests_first"]
     assert requests > 0
     assert steps[2]["sgsd/update/applied"] == 1.0
     assert steps[2]["sgsd/update/added_general_skills"] == 2 and steps[2]["sgsd/update/added_common_mistakes"] == 2
@@ -123,8 +65,8 @@ def test_bank_grows_by_at_most_n_never_beyond_c_static_items_stay(writer_runs):
         assert snap.counts()["general_skills"]["static"] == 1
 
 
-def test_retrieval_sees_the_new_items_at_the_next_step(writer_runs):
-    first, steps, *_ = writer_runs
+def test_retrieval_sees_the_new_items_at_the_next_step(evolution_runs):
+    first, steps = evolution_runs["first"], evolution_runs["first_metrics"]
     # 1 static pair -> 1 teacher; after the step-2 update 3 skills x 3 mistakes -> 3 teachers
     assert steps[1]["sgsd/teachers_per_problem_retrieved"] == 1
     assert steps[2]["sgsd/teachers_per_problem_retrieved"] == 1
@@ -136,9 +78,12 @@ def test_retrieval_sees_the_new_items_at_the_next_step(writer_runs):
     assert sum(used) > 0
 
 
-def test_a_resumed_run_starts_from_the_evolved_bank(writer_runs):
-    first, steps, second, resumed, *_ = writer_runs
-    assert sorted(resumed) == [5, 6]  # verl resumed from global_step_4
+def test_a_resumed_run_starts_from_the_evolved_bank_and_keeps_the_earlier_metrics(evolution_runs):
+    steps, second, resumed = evolution_runs["first_metrics"], evolution_runs["second"], evolution_runs["resumed"]
+    # verl resumed from global_step_4 and emptied its metrics file; steps 1-4 are back, as logged
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    assert all(resumed[s] == steps[s] for s in (1, 2, 3, 4))
+    assert resumed[5]["training/global_step"] == 5 and not (second.metrics_file.parent / "metrics.jsonl.resume").exists()
     # 1 + 3 skills, 1 + 3 mistakes restored -> 4 teachers (top_k=4) from the first resumed step
     assert resumed[5]["sgsd/teachers_per_problem_retrieved"] == 4
     assert resumed[5]["sgsd/bank/general_skills_dynamic"] == 3
@@ -149,12 +94,12 @@ def test_a_resumed_run_starts_from_the_evolved_bank(writer_runs):
     assert not any(p.name.startswith("sgsd_bank.previous") for p in second.checkpoint_dir.iterdir())
 
 
-def test_sgsd_plot_draws_the_evolved_run(writer_runs, tmp_path):
+def test_sgsd_plot_draws_the_evolved_run(evolution_runs, tmp_path):
     """`sgsd plot` on this real run: its metrics (the resumed steps), snapshots and utility."""
     from sgsd.plot import PANELS, build_figures, render
     from sgsd.run_metrics import load_run
 
-    _, _, second, resumed, *_ = writer_runs
+    second, resumed = evolution_runs["second"], evolution_runs["resumed"]
     run = load_run(second.workdir)
     assert [s.step for s in run.snapshots] == [2, 4, 6, None]
     rendered = render([run], tmp_path)
@@ -163,8 +108,7 @@ def test_sgsd_plot_draws_the_evolved_run(writer_runs, tmp_path):
     figures, _ = build_figures([run])
     general, _ = figures["bank"].axes
     dynamic = next(line for line in general.lines if line.get_linestyle() == "-")
-    assert list(dynamic.get_xdata()) == [5, 6]
-    assert list(dynamic.get_ydata()) == [resumed[5]["sgsd/bank/general_skills_dynamic"],
-                                         resumed[6]["sgsd/bank/general_skills_dynamic"]]
+    assert list(dynamic.get_xdata()) == [1, 2, 3, 4, 5, 6]  # the whole run, its resume included
+    assert list(dynamic.get_ydata()) == [resumed[s]["sgsd/bank/general_skills_dynamic"] for s in range(1, 7)]
     labels = [t.get_text() for t in figures["utility"].axes[0].get_yticklabels()]
     assert any("(dyn)" in label for label in labels)  # the online items were used as teachers

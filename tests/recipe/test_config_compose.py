@@ -45,7 +45,8 @@ def test_prepare_wires_sgsd_and_leaves_grpo_alone():
     assert sgsd.reward.custom_reward_function.path == "pkg://sgsd.verifier"
     assert sgsd.data.apply_chat_template_kwargs.enable_thinking is False
     grpo = prepare_config(compose_sgsd(["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=8"]))
-    assert grpo.trainer.v1.trainer_mode == "sync" and grpo.reward.reward_manager.name == "naive"
+    # verl's own sync trainer, registered as sgsd_sync: it keeps a resumed run's metrics (sync_trainer.py)
+    assert grpo.trainer.v1.trainer_mode == "sgsd_sync" and grpo.reward.reward_manager.name == "naive"
     assert grpo.reward.custom_reward_function.path is None
 
 

@@ -168,7 +168,7 @@ def test_grpo_script_is_the_same_recipe_with_grpo_values(dry_runs):
     cfg = _config(dry_runs, "run_grpo_qwen3_8b.sh")
     _common_paper_values(cfg)
     rollout = cfg.actor_rollout_ref.rollout
-    assert cfg.algorithm.adv_estimator == "grpo" and cfg.trainer.v1.trainer_mode == "sync"
+    assert cfg.algorithm.adv_estimator == "grpo" and cfg.trainer.v1.trainer_mode == "sgsd_sync"
     # Tab. 11, GRPO column: 8 generations, 16000 completion / 2048 prompt tokens, temperature 1.2
     assert (rollout.n, cfg.data.max_response_length, cfg.data.max_prompt_length) == (8, 16000, 2048)
     assert (rollout.temperature, rollout.top_p, rollout.top_k) == (1.2, 1.0, -1)

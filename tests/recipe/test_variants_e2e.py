@@ -1,7 +1,9 @@
-"""Every baseline and ablation runs one step through verl 0.9.1's real trainer on CPU
-(issue 5, section 2): the same recipe, entry point and launcher, only the variant's
-overrides (recipe/sgsd/variants.py) differ. Each run must finish, log finite losses, and
-show the variant's fingerprint in what it logged."""
+"""The `--all` tier (`bash scripts/test.sh --all`): every baseline and ablation runs one step
+through verl 0.9.1's real trainer on CPU: the same recipe, entry point and launcher, only
+the variant's overrides (recipe/sgsd/variants.py) differ. Each run must finish, log finite
+losses, and show the variant's fingerprint in what it logged. The default tier checks the
+same fingerprints in-process (tests/recipe/test_variants.py); what only these runs add is
+each variant's wiring through verl's workers."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 from recipe.sgsd.cpu.run import CPURun
 from recipe.sgsd.variants import VARIANTS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sweep]
 
 # What each variant must visibly change in the step it logs.
 FINGERPRINTS = {
@@ -45,13 +47,14 @@ def _check_prompts(run: CPURun, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", [n for n in VARIANTS if n != "no_all"])  # no_all = no_robust
-def test_variant_runs_one_step_through_the_real_trainer(tmp_path, name):
+def test_variant_runs_one_step_through_the_real_trainer(tmp_path, name, run_model_dir, run_data_dir):
     from recipe.sgsd.cpu.backend import gpu_present
 
     if gpu_present():
         pytest.skip("the CPU backend stays off on GPU machines")
     variant = VARIANTS[name]
-    run = CPURun(tmp_path, steps=1, batch_size=2, response_length=16, variant=name,
+    run = CPURun(tmp_path, steps=1, batch_size=2, response_length=16, variant=name, model_dir=run_model_dir,
+                 data_dir=run_data_dir,
                  rollout_n=2 if variant.estimator == "grpo" else 1,
                  extra=["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "trainer.save_freq=-1",
                         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
@@ -68,7 +71,7 @@ def test_variant_runs_one_step_through_the_real_trainer(tmp_path, name):
         if variant.student_skills:  # the rollouts were sampled from prompts that carry skills
             import pyarrow.parquet as pq
 
-            prompts = pq.read_table(run.workdir / "data" / "train_skills.parquet").column("prompt").to_pylist()
+            prompts = pq.read_table(run.data_dir / "train_skills.parquet").column("prompt").to_pylist()
             assert all(GUIDANCE in p[0]["content"] for p in prompts)
         return
     assert math.isfinite(m["sgsd/loss"])

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +38,8 @@ class CPURun:
     response_length: int = 48
     top_k: int = 4
     train_rows: int = 64
-    model_dir: Path | None = None
-    # A random model with Qwen3's init (0.02) is nearly blind to its prompt, so every
-    # teacher would sit in the neutral zone; a wider init makes context matter.
-    initializer_range: float = 0.3
+    model_dir: Path | None = None  # default: <workdir>/tiny_qwen3, built once (build_run_model)
+    data_dir: Path | None = None  # default: <workdir>/data, written once (write_run_data)
     variant: str | None = None  # a baseline/ablation of recipe.sgsd.variants (sets the estimator too)
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -66,37 +65,17 @@ class CPURun:
         return self.workdir / "checkpoints"
 
     def prepare(self) -> None:
-        """Tiny model and parquet data, built once per workdir."""
-        from sgsd.datasets import load_problems, shipped_path
-        from sgsd.tiny_model import build_tiny_model
-        from sgsd.verl_data import to_verl_rows, write_parquet
-
+        """Tiny model and parquet data, each built once (runs may share both)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.model_dir is None:
-            self.model_dir = self.workdir / "tiny_qwen3"
-            if not (self.model_dir / "config.json").exists():
-                build_tiny_model(self.model_dir, initializer_range=self.initializer_range)
-        train = self.workdir / "data" / "train.parquet"
-        problems = load_problems(shipped_path("train", "math_train.jsonl"), require_answer=True)
-        if not train.exists():
-            write_parquet(to_verl_rows(problems[: self.train_rows], "math", "train"), train)
-            write_parquet(to_verl_rows(problems[self.train_rows: self.train_rows + self.batch_size], "math",
-                                       "test"), self.workdir / "data" / "val.parquet")
-        skills_train = self.workdir / "data" / "train_skills.parquet"
-        if self._student_skills and not skills_train.exists():  # GRPO+Skill / OPSD+Skill
-            from sgsd.bank import SkillBank
-            from sgsd.datasets import bank_path
-            from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
-            from sgsd.verl_data import retrieve_student_guidance
-
-            retriever = SkillRetriever(SentenceTransformerEncoder(), SkillBank.load(bank_path("qwen3_1.7b")),
-                                       top_k=self.top_k)
-            rows = problems[: self.train_rows]
-            write_parquet(to_verl_rows(rows, "math", "train",
-                                       student_guidance=retrieve_student_guidance(rows, retriever)), skills_train)
+            self.model_dir = build_run_model(self.workdir / "tiny_qwen3")
+        if self.data_dir is None:
+            self.data_dir = self.workdir / "data"
+        write_run_data(self.data_dir, self.train_rows, self.batch_size, student_skills=self._student_skills,
+                       top_k=self.top_k)
 
     def overrides(self) -> list[str]:
-        data = self.workdir / "data"
+        data = self.data_dir or self.workdir / "data"
         variant = ()
         if self.variant is not None:
             from recipe.sgsd.variants import get_variant
@@ -135,19 +114,76 @@ class CPURun:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "recipe.sgsd.main_sgsd", *CPU_OVERRIDES, *self.overrides()]
 
-    def run(self, *, timeout: float | None = None, capture: bool = False) -> subprocess.CompletedProcess:
-        self.prepare()
-        if self.metrics_file.exists():
-            self.metrics_file.unlink()  # verl's file logger appends
+    def environment(self) -> dict[str, str]:
         env = cpu_env(pythonpath=str(ROOT))
         env["VERL_FILE_LOGGER_PATH"] = str(self.metrics_file)
         env.update(self.env)
-        return subprocess.run(self.command(), cwd=self.workdir, env=env, timeout=timeout,
+        return env
+
+    def run(self, *, timeout: float | None = None, capture: bool = False) -> subprocess.CompletedProcess:
+        """Train (or resume the workdir's checkpoint up to ``steps``: verl's ``resume_mode=auto``;
+        the metrics of the steps already done stay in the metrics file)."""
+        self.prepare()
+        return subprocess.run(self.command(), cwd=self.workdir, env=self.environment(), timeout=timeout,
                               capture_output=capture, text=True)
 
+    def start(self, log) -> subprocess.Popen:
+        """Launch in the background, stdout and stderr into the open file ``log``."""
+        self.prepare()
+        return subprocess.Popen(self.command(), cwd=self.workdir, env=self.environment(), stdout=log,
+                                stderr=subprocess.STDOUT)
+
+    def checkpointed_step(self) -> int:
+        """The step verl would resume from (its ``latest_checkpointed_iteration.txt``), 0 if none."""
+        marker = self.checkpoint_dir / "latest_checkpointed_iteration.txt"
+        try:
+            return int(marker.read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
     def metrics(self) -> list[dict]:
-        """One ``{"step": n, "data": {...}}`` per training step, from verl's file logger."""
+        """One ``{"step": n, "data": {...}}`` per logged line, from verl's file logger."""
         return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+
+# A random model with Qwen3's init (0.02) is nearly blind to its prompt, so every teacher
+# would sit in the neutral zone; a wider init makes context matter.
+RUN_MODEL_INIT = 0.3
+
+
+def build_run_model(folder: Path) -> Path:
+    """The tiny local Qwen3 CPU runs train (built unless ``folder`` already holds it)."""
+    from sgsd.tiny_model import build_tiny_model
+
+    if not (folder / "config.json").exists():
+        build_tiny_model(folder, initializer_range=RUN_MODEL_INIT)
+    return folder
+
+
+def write_run_data(folder: Path, train_rows: int, val_rows: int, *, student_skills: bool = False,
+                   top_k: int = 4) -> Path:
+    """``train.parquet`` (the first ``train_rows`` shipped MATH problems), ``val.parquet``
+    (the next ``val_rows``) and, for the skill-in-the-student variants, ``train_skills.parquet``
+    (the same problems with their top-``top_k`` pairs from the shipped Qwen3-1.7B bank in
+    the student prompt); files already there are kept."""
+    from sgsd.datasets import load_problems, resolve
+    from sgsd.verl_data import to_verl_rows, write_parquet
+
+    problems = load_problems(resolve("math_train", "train"), require_answer=True)
+    if not (folder / "train.parquet").exists():
+        write_parquet(to_verl_rows(problems[:train_rows], "math", "train"), folder / "train.parquet")
+        write_parquet(to_verl_rows(problems[train_rows: train_rows + val_rows], "math", "test"),
+                      folder / "val.parquet")
+    if student_skills and not (folder / "train_skills.parquet").exists():  # GRPO+Skill / OPSD+Skill
+        from sgsd.bank import SkillBank
+        from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
+        from sgsd.verl_data import retrieve_student_guidance
+
+        retriever = SkillRetriever(SentenceTransformerEncoder(), SkillBank.load(resolve("qwen3_1.7b", "bank")), top_k=top_k)
+        rows = problems[:train_rows]
+        write_parquet(to_verl_rows(rows, "math", "train", student_guidance=retrieve_student_guidance(rows, retriever)),
+                      folder / "train_skills.parquet")
+    return folder
 
 
 # The demo shows one online bank update (Alg. 4) with the policy as its writer: every 2
@@ -185,26 +221,81 @@ def main(argv: list[str] | None = None) -> int:
     extra = [*demo_overrides(args.overrides), *args.overrides] if estimator == "sgsd" else args.overrides
     run = CPURun(Path(args.workdir).resolve(), steps=args.steps, estimator=estimator, rollout_n=n, extra=extra,
                  variant=args.variant)
-    done = run.run()
-    if done.returncode != 0:
-        print(f"[cpu_run] training failed with exit code {done.returncode}", file=sys.stderr)
-        return done.returncode
-    steps = run.metrics()
-    last = steps[-1]["data"] if steps else {}
-    summary = {k: round(v, 4) for k, v in last.items()
-               if k.startswith("sgsd/") and not k.startswith(("sgsd/update/", "sgsd/utility/", "sgsd/bank/"))
-               and isinstance(v, (int, float))}
-    print(f"[cpu_run] {len(steps)} steps done; last step sgsd/*: {json.dumps(summary)}")
-    updates = [s for s in steps if "sgsd/update/requests" in s["data"] or "sgsd/update/skipped" in s["data"]]
-    for s in updates:
-        d = s["data"]
-        print(f"[cpu_run] bank update at step {s['step']}: window {int(d.get('sgsd/update/window', 0))} rollouts, "
-              f"{int(d.get('sgsd/update/requests', 0))} writer requests, "
-              f"{int(d.get('sgsd/update/parse_failures', 0))} unparseable, applied={bool(d.get('sgsd/update/applied'))}")
+    done_steps = run.checkpointed_step()
+    if done_steps >= run.steps:
+        print(f"[cpu_run] {run.workdir} already holds a finished {done_steps}-step run (metrics: {run.metrics_file}); "
+              f"to start over remove that folder or pass another --workdir (WORKDIR=...), to train on raise "
+              f"--steps (STEPS=...) above {done_steps}")
+        return 0
+    if done_steps == 0 and run.metrics_file.exists():  # no checkpoint to resume: a fresh run, keep the old file
+        kept = run.metrics_file.with_name(f"metrics.previous-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+        run.metrics_file.rename(kept)
+        print(f"[cpu_run] no checkpoint to resume in {run.checkpoint_dir}: starting fresh; the earlier metrics "
+              f"file is kept as {kept}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # building the tiny model: no bars on the demo's console
+    log_path = run.workdir / "train.log"
+    what = f"{args.variant or estimator} on CPU, {run.steps} steps" + (f", resuming after step {done_steps}"
+                                                                       if done_steps else "")
+    print(f"[cpu_run] {what}: verl's trainer starts (a minute or two); its full output goes to {log_path}")
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = run.start(log)
+        returncode = follow(run, process, first_step=done_steps + 1)
+    if returncode != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-40:]
+        print("\n".join(tail), file=sys.stderr)
+        print(f"[cpu_run] training failed with exit code {returncode}; the whole log: {log_path}", file=sys.stderr)
+        return returncode
+    steps = by_step(run.metrics())
     if estimator == "sgsd":
         print(f"[cpu_run] skill bank: {run.checkpoint_dir / 'sgsd_bank' / 'bank.json'}")
-    print(f"[cpu_run] metrics file: {run.metrics_file}")
+    print(f"[cpu_run] {len(steps)} steps in the metrics file: {run.metrics_file}")
     return 0
+
+
+def by_step(records: list[dict]) -> dict[int, dict]:
+    """verl's file-logger records merged per step (a resumed run may log a step twice)."""
+    steps: dict[int, dict] = {}
+    for record in records:
+        steps.setdefault(record["step"], {}).update(record["data"])
+    return dict(sorted(steps.items()))
+
+
+def step_line(step: int, data: dict, total: int) -> str:
+    """One console line per training step: reward, the SGSD loss and teachers, a bank update."""
+    line = f"[cpu_run] step {step}/{total}: score {data.get('critic/score/mean', float('nan')):.2f}"
+    if "sgsd/loss" in data:
+        line += (f", sgsd/loss {data['sgsd/loss']:.4f}, {data.get('sgsd/teachers_per_problem', 0):g} teachers, "
+                 f"helpful/warning/neutral {data.get('sgsd/helpful_frac', 0):.2f}/{data.get('sgsd/warning_frac', 0):.2f}/"
+                 f"{data.get('sgsd/neutral_frac', 0):.2f}, teacher pass {data.get('sgsd/teacher_pass_time', 0):.1f} s")
+    line += f", step {data.get('timing_s/step', 0):.1f} s"
+    if "sgsd/update/window" in data:
+        line += (f"\n[cpu_run]   bank update: window {int(data['sgsd/update/window'])} rollouts, "
+                 f"{int(data.get('sgsd/update/requests', 0))} writer requests, "
+                 f"{int(data.get('sgsd/update/parse_failures', 0))} unparseable, "
+                 f"applied={bool(data.get('sgsd/update/applied'))}")
+    return line
+
+
+def follow(run: CPURun, process: subprocess.Popen, first_step: int = 1, interval: float = 0.5) -> int:
+    """Print each step as verl logs it, until the trainer exits; its exit code."""
+    shown = first_step - 1
+    while True:
+        finished = process.poll() is not None
+        if run.metrics_file.exists():
+            try:
+                steps = by_step(run.metrics())
+            except ValueError:  # a line being written
+                steps = {}
+            for step, data in steps.items():
+                if step > shown and "timing_s/step" in data:
+                    print(step_line(step, data, run.steps), flush=True)
+                    shown = step
+        if finished:
+            return process.returncode
+        time.sleep(interval)
 
 
 if __name__ == "__main__":

@@ -164,27 +164,10 @@ def test_hf_rollout_server_generates_and_takes_weights(tiny_model_dir, monkeypat
 # ----------------------------------------------------------------------------- end to end
 
 
-def _write_math_parquet(path: Path, n_rows: int) -> None:
-    import pandas as pd
-
-    from sgsd.tiny_model import DEFAULT_TRAIN_FILE
-
-    rows = []
-    with open(DEFAULT_TRAIN_FILE, encoding="utf-8") as f:
-        for index, line in zip(range(n_rows), f):
-            problem = json.loads(line)
-            rows.append({
-                "data_source": "math",
-                "prompt": [{"role": "user", "content": problem["problem"] + " Put the final answer in \\boxed{}."}],
-                "ability": "math",
-                "reward_model": {"style": "rule", "ground_truth": problem["answer"]},
-                "extra_info": {"index": index, "split": "train"},
-            })
-    pd.DataFrame(rows).to_parquet(path)
-
-
 @pytest.mark.slow
-def test_grpo_two_steps_on_cpu_through_verl_main_ppo(tmp_path, tiny_model_dir):
+def test_grpo_two_steps_on_cpu_through_verl_main_ppo(tmp_path, run_model_dir, run_data_dir):
+    """verl's own entry point and trainer with nothing of the recipe but the CPU backend, on
+    the session's shared tiny model and data."""
     from safetensors.torch import load_file
 
     from recipe.sgsd.cpu.backend import gpu_present
@@ -192,12 +175,11 @@ def test_grpo_two_steps_on_cpu_through_verl_main_ppo(tmp_path, tiny_model_dir):
 
     if gpu_present():
         pytest.skip("the CPU backend stays off on GPU machines")
-    train, metrics_file, ckpt = tmp_path / "train.parquet", tmp_path / "metrics.jsonl", tmp_path / "ckpt"
-    _write_math_parquet(train, n_rows=8)
+    train, metrics_file, ckpt = run_data_dir / "train.parquet", tmp_path / "metrics.jsonl", tmp_path / "ckpt"
     overrides = [
         f"data.train_files={train}", f"data.val_files={train}",
         "data.train_batch_size=4", "data.max_prompt_length=256", "data.max_response_length=32",
-        f"actor_rollout_ref.model.path={tiny_model_dir}",
+        f"actor_rollout_ref.model.path={run_model_dir}",
         "actor_rollout_ref.rollout.n=2",
         "actor_rollout_ref.actor.ppo_mini_batch_size=4",
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
@@ -237,7 +219,7 @@ def test_grpo_two_steps_on_cpu_through_verl_main_ppo(tmp_path, tiny_model_dir):
     # only if the updated weights reached the server (|kl| is ~0.03 when they do not).
     assert abs(records[1]["data"]["rollout_corr/kl"]) < 0.01
 
-    initial = load_file(Path(tiny_model_dir) / "model.safetensors")
+    initial = load_file(Path(run_model_dir) / "model.safetensors")
     trained = load_file(ckpt / "global_step_2" / "actor" / "huggingface" / "model.safetensors")
     assert trained.keys() == initial.keys()
     assert max((trained[k].float() - initial[k].float()).abs().max().item() for k in initial) > 1e-3

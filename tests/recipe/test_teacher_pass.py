@@ -1,11 +1,22 @@
-"""Teacher-pass planning: one sequence per present teacher, shared prompts, exact scatter."""
+"""The teacher pass: planning (one sequence per present teacher, shared prompts, exact
+scatter) and the whole pass in-process on the real tiny model — its record, the one reader
+the loss and the support statistics share, and the loss the actor computes from it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from recipe.sgsd.teacher_pass import outcome_signs, plan_teachers, scatter_teacher_log_probs
+from recipe.sgsd.teacher_pass import (
+    Rollouts,
+    TeacherFields,
+    outcome_signs,
+    plan_teachers,
+    read_loss_inputs,
+    scatter_teacher_log_probs,
+)
+from sgsd.objective import sgsd_objective
+from tests.tiny_policy import HFScorer, actor_loss
 from sgsd.prompts import ChatFormat, apply_chat, student_prompt, teacher_prompt
 from sgsd.retrieval import SkillRetriever
 
@@ -138,3 +149,116 @@ def test_student_guidance_rows_carry_the_skills_but_extra_info_stays_plain(encod
     from sgsd.verl_data import problem_text
 
     assert problem_text(rows[0]["extra_info"], rows[0]["prompt"]) == problems[0].problem
+
+
+# ----------------------------------------------------------------------------- the whole pass, in-process
+def test_the_record_names_its_batch_keys_once():
+    assert TeacherFields.keys() == ("sgsd_teacher_log_probs", "sgsd_token_mask", "sgsd_alpha", "sgsd_outcome_sign")
+    from recipe.sgsd.loss import SGSD_FIELDS
+
+    assert SGSD_FIELDS == TeacherFields.keys()
+
+
+@pytest.fixture(scope="module")
+def live(tiny_batch, policy, run_config, make_teacher_pass):
+    scorer = HFScorer(policy)
+    result = make_teacher_pass(run_config())(tiny_batch.rollouts, scorer)
+    return result, scorer
+
+
+def test_every_present_teacher_is_scored_in_one_call_on_the_same_response(live, tiny_batch, run_tokenizer):
+    result, scorer = live
+    rollouts, K = tiny_batch.rollouts, 4  # the CPU runs' sgsd.top_k
+    assert scorer.calls == [len(rollouts) * K]  # 4 rollouts x 4 teachers, one call
+    assert result.plan.owner == [b for b in range(len(rollouts)) for _ in range(K)]
+    record = result.fields
+    assert [tuple(t.shape) for t in record.teacher_log_probs] == [(len(r), K) for r in rollouts.responses]
+    assert record.alpha.shape == (len(rollouts), K) and torch.allclose(record.alpha.sum(-1), torch.ones(len(rollouts)))
+    assert record.outcome_sign.tolist() == [1.0, -1.0, 1.0, -1.0]
+    for j, (owner, slot) in enumerate(zip(result.plan.owner, result.plan.slot)):
+        text = run_tokenizer.decode(result.plan.prompt_ids[j])
+        pair = result.retrievals[owner].teachers[slot]
+        assert pair.skill.title in text and rollouts.problems[owner] in text
+        torch.testing.assert_close(record.teacher_log_probs[owner][:, slot], result.scored[j].float())
+    # the context matters on this model: a teacher's log-probs are not the student's
+    assert all((t - s[:, None]).abs().mean() > 0.05 for t, s in zip(record.teacher_log_probs, rollouts.log_probs))
+    # m_t: the closing <|im_end|> of every response is removed, the text tokens kept
+    assert all(m[-1] == 0 and m[:-1].sum() > 0 for m in record.token_mask)
+
+
+def test_a_short_pool_leaves_slots_absent_with_the_students_own_log_probs(tiny_batch, policy, run_config,
+                                                                           make_teacher_pass, shipped_bank):
+    bank = shipped_bank.with_items(general_skills=shipped_bank.general_skills[:2],
+                                   common_mistakes=shipped_bank.common_mistakes[:3])
+    result = make_teacher_pass(run_config(), bank)(tiny_batch.rollouts, HFScorer(policy))
+    assert (result.fields.alpha > 0).sum(-1).tolist() == [2] * len(tiny_batch.rollouts)
+    assert result.metrics["sgsd/teachers_per_problem_retrieved"] == 2.0
+    assert result.metrics["sgsd/short_pool_problems"] == 1.0
+    for teacher, student in zip(result.fields.teacher_log_probs, tiny_batch.rollouts.log_probs):
+        torch.testing.assert_close(teacher[:, 2:], student[:, None].expand(-1, 2).float())
+
+
+def test_support_statistics_read_the_record_as_the_loss_reads_it(live, tiny_batch, run_config):
+    """The pass's support (and quantiles) through the shared reader equal the objective on
+    tensors padded here by hand, straight from the scored sequences."""
+    from tests.recipe.conftest import sgsd_config_of
+
+    result, _ = live
+    rollouts, K = tiny_batch.rollouts, 4
+    B, T = len(rollouts), max(len(r) for r in rollouts.responses)
+    student, teacher, mask = torch.zeros(B, T), torch.zeros(B, K, T), torch.zeros(B, T)
+    for b, (lp, m) in enumerate(zip(rollouts.log_probs, result.fields.token_mask)):
+        student[b, :len(lp)], mask[b, :len(lp)] = lp, m
+    for j, (owner, slot) in enumerate(zip(result.plan.owner, result.plan.slot)):
+        teacher[owner, slot, :len(result.scored[j])] = result.scored[j]
+    lengths = torch.tensor([len(r) for r in rollouts.responses])[:, None]
+    expected = sgsd_objective(student, teacher, mask, result.fields.alpha, result.fields.outcome_sign,
+                              sgsd_config_of(run_config()).objective_config(),
+                              response_mask=(torch.arange(T) < lengths).float())
+    torch.testing.assert_close(result.support, expected.support)
+    quantiles = [result.metrics[f"sgsd/support_p{q}"] for q in ("10", "25", "50", "75", "90")]
+    by_hand = torch.quantile(expected.support.flatten(), torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])).tolist()
+    assert quantiles == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_the_reader_pads_a_record_and_cuts_it_to_the_micro_batch_width():
+    record = TeacherFields(teacher_log_probs=[torch.full((2, 3), -1.0), torch.full((4, 3), -2.0)],
+                           token_mask=[torch.ones(2), torch.tensor([1.0, 0.0, 1.0, 1.0])],
+                           alpha=torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]), outcome_sign=torch.tensor([1.0, -1.0]))
+    data = record.to_tensordict()
+    data["response_mask"] = torch.nested.as_nested_tensor([torch.ones(2), torch.ones(4)], layout=torch.jagged)
+    wide = read_loss_inputs(data, 6)
+    assert wide.teacher.shape == (2, 3, 6) and wide.teacher[0, :, 2:].abs().sum() == 0
+    assert wide.token_mask.tolist() == [[1, 1, 0, 0, 0, 0], [1, 0, 1, 1, 0, 0]]
+    narrow = read_loss_inputs(data, 3)
+    assert narrow.teacher.shape == (2, 3, 3) and narrow.response_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+
+
+def test_the_actor_loss_on_the_stored_record_is_the_objective_and_moves_the_policy(live, tiny_batch, policy):
+    """The trainer's record -> verl's micro-batch layout -> SGSDActorLoss, with the tiny model
+    as the live policy: the loss equals the objective on the pass's own tensors, and its
+    gradient reaches the weights."""
+    from recipe.sgsd.loss import SGSDActorLoss
+    from sgsd.config import SGSDConfig
+
+    result, _ = live
+    objective = SGSDConfig.from_mapping({"top_k": 4}).objective_config()
+    policy.zero_grad()
+    loss, metrics = actor_loss(policy, SGSDActorLoss(actor_config=None, objective=objective), tiny_batch.prompts,
+                               tiny_batch.rollouts, result.fields)
+    loss.backward()
+    grad = sum(p.grad.abs().sum().item() for p in policy.parameters() if p.grad is not None)
+    policy.zero_grad()
+    # on-policy: the live log-probs are the rollout's, so the objective on the pass's inputs is the same number
+    expected = sgsd_objective(*_padded(result, tiny_batch.rollouts), objective)
+    assert loss.item() == pytest.approx(expected.loss.mean().item(), rel=1e-4)
+    assert metrics["sgsd/neutral_frac"].aggregate() == pytest.approx(expected.metrics["neutral_frac"])
+    assert grad > 0 and torch.isfinite(loss)
+
+
+def _padded(result, rollouts: Rollouts):
+    data = result.fields.to_tensordict()
+    jagged = lambda rows: torch.nested.as_nested_tensor([r.float() for r in rows], layout=torch.jagged)  # noqa: E731
+    data["response_mask"], data["old_log_probs"] = jagged(rollouts.response_masks), jagged(rollouts.log_probs)
+    x = read_loss_inputs(data, max(len(r) for r in rollouts.responses), student_key="old_log_probs")
+    return x.student, x.teacher, x.token_mask, x.alpha, x.outcome_sign

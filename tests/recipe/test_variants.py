@@ -1,0 +1,158 @@
+"""Every baseline and ablation (recipe/sgsd/variants.py) in-process, on the real tiny model.
+
+Each variant's config is what a CPU run of it composes (recipe yaml, verl's defaults, the
+run's overrides, the variant's); the teacher pass runs on the same four sampled rollouts
+with a plain forward of the model as its scorer, and the actor's loss is computed on the
+record exactly as verl's FSDP worker would hand it over. Each variant must show its
+fingerprint there: the teachers it scores, what their prompts say, what its objective
+decides, and a loss of its own. The same variants also run one step through verl's real
+trainer in the `--all` tier (tests/recipe/test_variants_e2e.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recipe.sgsd.loss import SGSDActorLoss
+from recipe.sgsd.teacher_pass import read_loss_inputs
+from recipe.sgsd.variants import VARIANTS
+from sgsd.objective import sampled_rkl_loss, sgsd_objective
+from tests.recipe.conftest import sgsd_config_of
+from tests.tiny_policy import HFScorer, actor_loss
+
+# The tiny model's teachers all sit near a_k = -2.5 on these rollouts: a neutral zone this
+# wide holds some of them, so the threshold and the clip decide something here (they act
+# only through the polarity), for the default and for every variant alike.
+BASE = ("sgsd.threshold=2.5",)
+ANSWER = "The verified final answer is:"
+GUIDANCE = "### General Principles"
+
+
+class Outcome:
+    """One variant's pass on the shared rollouts: what the actor would see."""
+
+    def __init__(self, name, batch, policy, tokenizer, run_config, make_teacher_pass):
+        self.config = run_config(*BASE, variant=name)
+        self.sgsd = sgsd_config_of(self.config)
+        self.result = make_teacher_pass(self.config)(batch.rollouts, HFScorer(policy))
+        self.teacher_prompts = [tokenizer.decode(ids) for ids in self.result.plan.prompt_ids]
+        data = self.result.fields.to_tensordict()
+        jagged = lambda rows: torch.nested.as_nested_tensor([r.float() for r in rows], layout=torch.jagged)  # noqa: E731
+        data["response_mask"] = jagged(batch.rollouts.response_masks)
+        data["old_log_probs"] = jagged(batch.rollouts.log_probs)
+        self.inputs = read_loss_inputs(data, max(len(r) for r in batch.rollouts.responses), student_key="old_log_probs")
+        x = self.inputs
+        self.objective = sgsd_objective(x.student, x.teacher, x.token_mask, x.alpha, x.outcome_sign,
+                                        self.sgsd.objective_config(), response_mask=x.response_mask)
+        loss_fn = SGSDActorLoss(actor_config=None, objective=self.sgsd.objective_config())
+        with torch.no_grad():
+            loss, _ = actor_loss(policy, loss_fn, batch.prompts, batch.rollouts, self.result.fields)
+        self.loss = loss.item()
+        self.metrics = self.objective.metrics
+
+    @property
+    def teachers(self) -> list[int]:
+        return (self.result.fields.alpha > 0).sum(-1).tolist()
+
+    def prompts_say(self, answer: bool, skills: bool) -> bool:
+        return bool(self.teacher_prompts) and all(
+            (ANSWER in t) == answer and (GUIDANCE in t) == skills for t in self.teacher_prompts)
+
+
+@pytest.fixture(scope="module")
+def outcome(tiny_batch, policy, run_tokenizer, run_config, make_teacher_pass):
+    cache: dict[str, Outcome] = {}
+
+    def get(name: str) -> Outcome:
+        if name not in cache:
+            cache[name] = Outcome(name, tiny_batch, policy, run_tokenizer, run_config, make_teacher_pass)
+        return cache[name]
+
+    return get
+
+
+def _frozen_with_a_reference_model(o: Outcome) -> bool:
+    actor = o.config.actor_rollout_ref.actor
+    return o.sgsd.teacher == "frozen" and actor.use_kl_loss and actor.kl_loss_coef == 0.0
+
+
+def _rkl(o: Outcome) -> bool:
+    x = o.inputs
+    delta = (x.teacher - x.student[:, None]) * x.token_mask[:, None]
+    by_hand = (sampled_rkl_loss(delta) * x.token_mask[:, None]).sum(-1) / (x.token_mask.sum(-1)[:, None] + 1e-6)
+    return torch.allclose(o.objective.token_loss_mean, by_hand, atol=1e-5)
+
+
+# What each SGSD-estimator variant must visibly change, given itself and the default run.
+FINGERPRINTS = {
+    "sgsd": lambda o, d: o.teachers == [4] * 4 and o.prompts_say(answer=False, skills=True),
+    "single_teacher": lambda o, d: o.teachers == [1] * 4 and o.prompts_say(answer=False, skills=True),
+    "opsd": lambda o, d: (o.teachers == [1] * 4 and o.prompts_say(answer=True, skills=False)
+                          and torch.equal(o.objective.polarity, (o.inputs.alpha > 0).float()) and _rkl(o)
+                          and _frozen_with_a_reference_model(o)),
+    "opsd_skill": lambda o, d: (o.teachers == [1] * 4 and o.prompts_say(answer=True, skills=True)
+                                and _frozen_with_a_reference_model(o)),
+    "answer_pi": lambda o, d: o.teachers == [4] * 4 and o.prompts_say(answer=True, skills=True),
+    "no_threshold": lambda o, d: o.metrics["neutral_frac"] == 0.0 and d.metrics["neutral_frac"] > 0,
+    "no_robust": lambda o, d: (o.metrics["neutral_frac"] == 0.0 < d.metrics["neutral_frac"]
+                               and o.metrics["mask_keep_frac"] == 1.0 > d.metrics["mask_keep_frac"]),
+    "no_token_mask": lambda o, d: o.metrics["mask_keep_frac"] == 1.0 and d.metrics["mask_keep_frac"] < 1.0,
+    # unclipped gaps move the support wherever some |Delta| exceeds c = 3, and teachers out of the zone
+    "no_clip": lambda o, d: (d.metrics["clipped_frac"] > 0 and o.result.support.abs().sum() > d.result.support.abs().sum()
+                             and o.metrics["neutral_frac"] < d.metrics["neutral_frac"]),
+    "no_polarity": lambda o, d: (torch.equal(o.objective.polarity, (o.inputs.alpha > 0).float())
+                                 and (d.objective.polarity < 0).any()),
+    "rkl": lambda o, d: _rkl(o),
+    "frozen_teacher": lambda o, d: _frozen_with_a_reference_model(o),
+}
+FINGERPRINTS["no_all"] = FINGERPRINTS["no_robust"]
+# In-process the frozen teacher scores with the same weights as the live one (the initial
+# model): its run differs in which worker scores, which only verl's trainer shows.
+SAME_LOSS_AS_SGSD = {"sgsd", "frozen_teacher"}
+
+
+def test_every_variant_has_a_fingerprint():
+    sgsd_variants = {n for n, v in VARIANTS.items() if v.estimator == "sgsd"}
+    assert set(FINGERPRINTS) == sgsd_variants
+    assert {n for n, v in VARIANTS.items() if v.estimator == "grpo"} == {"grpo", "grpo_skill"}
+
+
+@pytest.mark.parametrize("name", sorted(FINGERPRINTS))
+def test_variant_fingerprint_in_the_teacher_pass_and_the_loss(name, outcome):
+    o, default = outcome(name), outcome("sgsd")
+    assert FINGERPRINTS[name](o, default), {k: round(v, 4) for k, v in o.metrics.items()}
+    # the loss the actor computes on the record is the variant's objective...
+    assert math.isfinite(o.loss) and o.loss == pytest.approx(o.objective.loss.mean().item(), rel=1e-4)
+    # ...and a loss of its own
+    if name not in SAME_LOSS_AS_SGSD:
+        assert o.loss != pytest.approx(default.loss, rel=1e-6), name
+    else:
+        assert o.loss == pytest.approx(default.loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n, v in VARIANTS.items() if v.student_skills])
+def test_student_skill_variants_train_on_prompts_that_carry_the_pairs(name, run_config, tiny_batch, encoder,
+                                                                      shipped_bank):
+    """Their data: the student prompt carries the retrieved pairs, the row's problem (what
+    teachers and the verifier see) stays plain."""
+    from sgsd.datasets import Problem
+    from sgsd.retrieval import SkillRetriever
+    from sgsd.verl_data import problem_text, retrieve_student_guidance, to_verl_rows
+
+    config = run_config(variant=name)
+    assert config.data.train_files.endswith("train_skills.parquet")
+    problems = [Problem(problem=p, answer=a) for p, a in zip(tiny_batch.rollouts.problems, tiny_batch.rollouts.answers)]
+    retriever = SkillRetriever(encoder, shipped_bank, top_k=4)
+    rows = to_verl_rows(problems, "math", "train", student_guidance=retrieve_student_guidance(problems, retriever))
+    assert all(GUIDANCE in r["prompt"][0]["content"] for r in rows)
+    assert [problem_text(r["extra_info"], r["prompt"]) for r in rows] == tiny_batch.rollouts.problems
+
+
+@pytest.mark.parametrize("name", ["grpo", "grpo_skill"])
+def test_grpo_variants_are_verls_own_trainer(name, run_config):
+    config = run_config(variant=name)
+    assert config.algorithm.adv_estimator == "grpo" and config.trainer.v1.trainer_mode == "sgsd_sync"
+    assert config.reward.reward_manager.name == "naive"

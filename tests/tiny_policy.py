@@ -1,0 +1,101 @@
+"""The real tiny model as a policy, in-process: sample student rollouts, score sequences.
+
+The teacher pass's scorer in tests (:class:`HFScorer`, a plain fp32 transformers forward)
+and the independent reference the end-to-end runs are checked against
+(:func:`response_log_probs`) are the same function, so "what the trainer's worker group
+scored" and "what a fresh model computes" are compared on one definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def load_model(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def sequence_log_probs(model, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """verl's per-sequence layout: position ``t`` holds ``log p(ids[t + 1] | ids[:t + 1])``;
+    the last position (nothing to predict) holds 0. Differentiable."""
+    logits = model(ids[None]).logits[0].float() / temperature
+    logp = torch.log_softmax(logits[:-1], -1).gather(-1, ids[1:, None]).squeeze(-1)
+    return torch.cat([logp, logp.new_zeros(1)])
+
+
+def response_log_probs(model, prompt: torch.Tensor, response: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs ``[T]`` of ``response`` after ``prompt`` (no gradient)."""
+    with torch.no_grad():
+        full = sequence_log_probs(model, torch.cat([prompt, response]), temperature)
+    return full[len(prompt) - 1: len(prompt) + len(response) - 1]
+
+
+class HFScorer:
+    """A :class:`recipe.sgsd.teacher_pass.TeacherScorer` over a transformers model."""
+
+    def __init__(self, model, temperature: float = 1.0):
+        self.model, self.temperature = model, temperature
+        self.calls: list[int] = []  # sequences per call
+
+    def __call__(self, prompt_ids: Sequence[Sequence[int]], responses, response_masks) -> list[torch.Tensor]:
+        self.calls.append(len(prompt_ids))
+        return [response_log_probs(self.model, torch.tensor(list(p)), r, self.temperature)
+                for p, r in zip(prompt_ids, responses)]
+
+
+def student_prompt_ids(tokenizer, row: dict, enable_thinking: bool = False) -> torch.Tensor:
+    """The prompt verl renders from a parquet row (``data.apply_chat_template_kwargs``)."""
+    text = tokenizer.apply_chat_template(list(row["prompt"]), add_generation_prompt=True, tokenize=False,
+                                         enable_thinking=enable_thinking)
+    return torch.tensor(tokenizer.encode(text, add_special_tokens=False))
+
+
+def sample_responses(model, tokenizer, prompts: Sequence[torch.Tensor], max_new_tokens: int, seed: int = 0,
+                     temperature: float = 1.1, top_p: float = 0.95) -> list[torch.Tensor]:
+    """One sampled response per prompt, cut after the first eos; a response that did not
+    finish gets the eos appended, as a finished rollout ends (its log-prob is still scored)."""
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    out = []
+    for i, prompt in enumerate(prompts):
+        torch.manual_seed(seed + i)
+        with torch.no_grad():
+            ids = model.generate(prompt[None], attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 do_sample=True, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                 eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)[0, len(prompt):]
+        ends = (ids == eos).nonzero()
+        ids = ids[: int(ends[0]) + 1] if len(ends) else torch.cat([ids, torch.tensor([eos])])
+        out.append(ids)
+    return out
+
+
+def actor_micro_batch(prompts: Sequence[torch.Tensor], rollouts, record, global_batch_size: int | None = None):
+    """The micro-batch verl's FSDP actor hands the loss: nested prompts/responses/input_ids,
+    the response mask, the teacher pass's ``sgsd_*`` fields as the trainer stored them, and
+    verl's non-tensor batch info."""
+    from tensordict import TensorDict
+
+    from verl.utils.tensordict_utils import assign_non_tensor
+
+    jagged = lambda rows: torch.nested.as_nested_tensor(list(rows), layout=torch.jagged)  # noqa: E731
+    data = TensorDict({
+        "prompts": jagged(prompts), "responses": jagged(rollouts.responses),
+        "input_ids": jagged(torch.cat([p, r]) for p, r in zip(prompts, rollouts.responses)),
+        "response_mask": jagged(m.float() for m in rollouts.response_masks),
+    }, batch_size=[len(prompts)])
+    data.update(record.to_tensordict())
+    assign_non_tensor(data, global_batch_size=global_batch_size or len(prompts), dp_size=1)
+    return data
+
+
+def actor_loss(model, loss_fn, prompts: Sequence[torch.Tensor], rollouts, record, temperature: float = 1.0):
+    """What the actor's loss computes on this batch with ``model`` as the live policy (one
+    micro-batch, gradient attached): ``(loss, metrics)``."""
+    data = actor_micro_batch(prompts, rollouts, record)
+    log_probs = [sequence_log_probs(model, torch.cat([p, r]), temperature) for p, r in zip(prompts, rollouts.responses)]
+    model_output = {"log_probs": torch.nested.as_nested_tensor(log_probs, layout=torch.jagged)}
+    return loss_fn(model_output, data)
