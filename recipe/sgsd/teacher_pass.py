@@ -209,15 +209,21 @@ class TeacherPass:
         an on-policy update sees)."""
         if not len(rollouts):
             return torch.zeros(0, record.alpha.shape[1])
-        data = record.to_tensordict()
-        jagged = lambda rows: torch.nested.as_nested_tensor([r.float() for r in rows], layout=torch.jagged)  # noqa: E731
-        data["response_mask"] = jagged(rollouts.response_masks)
-        data["old_log_probs"] = jagged(rollouts.log_probs)
-        inputs = read_loss_inputs(data, max(len(t) for t in rollouts.log_probs), student_key="old_log_probs")
+        inputs = rollout_loss_inputs(record, rollouts)
         with torch.no_grad():
             out = sgsd_objective(inputs.student, inputs.teacher, inputs.token_mask, inputs.alpha, inputs.outcome_sign,
                                  self.config.objective_config(), response_mask=inputs.response_mask)
         return out.support
+
+
+def rollout_loss_inputs(record: TeacherFields, rollouts: Rollouts) -> LossInputs:
+    """The record of ``rollouts`` read as the loss reads a micro-batch, with the rollouts'
+    own (old) log-probs as the student: what an on-policy update's first pass sees."""
+    jagged = lambda rows: torch.nested.as_nested_tensor([r.float() for r in rows], layout=torch.jagged)  # noqa: E731
+    data = record.to_tensordict()
+    data["response_mask"] = jagged(rollouts.response_masks)
+    data["old_log_probs"] = jagged(rollouts.log_probs)
+    return read_loss_inputs(data, max(len(t) for t in rollouts.log_probs), student_key="old_log_probs")
 
 
 def teacher_item_ids(retrievals: Sequence[ProblemRetrieval], top_k: int) -> tuple[list[list], list[list]]:

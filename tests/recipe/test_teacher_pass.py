@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from recipe.sgsd.teacher_pass import (
-    Rollouts,
     TeacherFields,
     outcome_signs,
     plan_teachers,
     read_loss_inputs,
+    rollout_loss_inputs,
     scatter_teacher_log_probs,
 )
 from sgsd.objective import sgsd_objective
@@ -250,15 +250,8 @@ def test_the_actor_loss_on_the_stored_record_is_the_objective_and_moves_the_poli
     grad = sum(p.grad.abs().sum().item() for p in policy.parameters() if p.grad is not None)
     policy.zero_grad()
     # on-policy: the live log-probs are the rollout's, so the objective on the pass's inputs is the same number
-    expected = sgsd_objective(*_padded(result, tiny_batch.rollouts), objective)
+    x = rollout_loss_inputs(result.fields, tiny_batch.rollouts)
+    expected = sgsd_objective(x.student, x.teacher, x.token_mask, x.alpha, x.outcome_sign, objective)
     assert loss.item() == pytest.approx(expected.loss.mean().item(), rel=1e-4)
     assert metrics["sgsd/neutral_frac"].aggregate() == pytest.approx(expected.metrics["neutral_frac"])
     assert grad > 0 and torch.isfinite(loss)
-
-
-def _padded(result, rollouts: Rollouts):
-    data = result.fields.to_tensordict()
-    jagged = lambda rows: torch.nested.as_nested_tensor([r.float() for r in rows], layout=torch.jagged)  # noqa: E731
-    data["response_mask"], data["old_log_probs"] = jagged(rollouts.response_masks), jagged(rollouts.log_probs)
-    x = read_loss_inputs(data, max(len(r) for r in rollouts.responses), student_key="old_log_probs")
-    return x.student, x.teacher, x.token_mask, x.alpha, x.outcome_sign

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from recipe.sgsd.loss import SGSDActorLoss
-from recipe.sgsd.teacher_pass import read_loss_inputs
+from recipe.sgsd.teacher_pass import rollout_loss_inputs
 from recipe.sgsd.variants import VARIANTS
 from sgsd.objective import sampled_rkl_loss, sgsd_objective
 from tests.recipe.conftest import sgsd_config_of
@@ -39,11 +39,7 @@ class Outcome:
         self.sgsd = sgsd_config_of(self.config)
         self.result = make_teacher_pass(self.config)(batch.rollouts, HFScorer(policy))
         self.teacher_prompts = [tokenizer.decode(ids) for ids in self.result.plan.prompt_ids]
-        data = self.result.fields.to_tensordict()
-        jagged = lambda rows: torch.nested.as_nested_tensor([r.float() for r in rows], layout=torch.jagged)  # noqa: E731
-        data["response_mask"] = jagged(batch.rollouts.response_masks)
-        data["old_log_probs"] = jagged(batch.rollouts.log_probs)
-        self.inputs = read_loss_inputs(data, max(len(r) for r in batch.rollouts.responses), student_key="old_log_probs")
+        self.inputs = rollout_loss_inputs(self.result.fields, batch.rollouts)
         x = self.inputs
         self.objective = sgsd_objective(x.student, x.teacher, x.token_mask, x.alpha, x.outcome_sign,
                                         self.sgsd.objective_config(), response_mask=x.response_mask)

@@ -22,7 +22,6 @@ import pytest
 
 from sgsd.bank import SkillBank
 from sgsd.build import FILES, BuildConfig, BuildError, build_bank, load_seed_set, make_memory
-from sgsd.records import trajectory_summary
 from sgsd.cli import main
 from sgsd.datasets import Problem, shipped_path
 from sgsd.llm.scripted import ScriptedClient
@@ -308,11 +307,7 @@ def test_bad_config_values_are_refused():
         BuildConfig(max_layers=0)
 
 
-def test_memory_and_trajectory_summary():
-    text = "<think>long thoughts\nmore</think>\n" + "\n".join(f"line {i}" for i in range(10)) + "\n\\boxed{4}"
-    assert trajectory_summary(text) == "line 0\nline 1\nline 2\n[... 5 more lines ...]\nline 8\nline 9\n\\boxed{4}"
-    assert trajectory_summary("  a   b \n\n c") == "a b\nc"
-    assert trajectory_summary("x" * 400).endswith("...") and len(trajectory_summary("x" * 400)) == 300
+def test_a_cold_start_memory_is_the_shared_memory_record():
     memory = make_memory(Problem("What is 2+2?", "4"), "so \\boxed{4}", 1.0, max_chars=1000)
     assert list(memory) == ["problem", "completion", "reward", "predicted_answer", "reference_answer",
                             "trajectory_summary", "feedback"]

@@ -1,4 +1,5 @@
-"""The bounded record buffer behind the reward-manager hook."""
+"""Rollout records: the bounded buffer behind the reward-manager hook, and the memory a skill
+writer sees of a rollout."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import threading
 
 import pytest
 
-from sgsd.records import RecordBuffer, RolloutRecord
+from sgsd.records import RecordBuffer, RolloutRecord, memory_record, trajectory_summary
 
 
 def _rec(i: int, reward: float = 1.0) -> RolloutRecord:
@@ -45,3 +46,20 @@ def test_concurrent_writers_lose_nothing():
 
 def test_success_is_positive_reward():
     assert _rec(0, 1.0).success and not _rec(0, 0.0).success and not _rec(0, -1.0).success
+
+
+def test_memory_record_fields():
+    rec = RolloutRecord("P", "x" * 100 + " \\boxed{7}", 0.0, "math", 3, "8")
+    memory = memory_record(rec, max_chars=40)
+    assert memory["predicted_answer"] == "7" and memory["reference_answer"] == "8"
+    assert memory["completion"] == "x" * 20 + "\n...\n" + rec.response[-20:]  # head and tail kept
+    assert memory["feedback"] == "The final answer does not match the reference."
+    unboxed = memory_record(RolloutRecord("P", "no answer", 0.0), max_chars=100)
+    assert unboxed["predicted_answer"] is None and unboxed["feedback"] == "No final \\boxed{} answer was given."
+
+
+def test_trajectory_summary_keeps_the_answer_parts_head_and_tail():
+    text = "<think>long thoughts\nmore</think>\n" + "\n".join(f"line {i}" for i in range(10)) + "\n\\boxed{4}"
+    assert trajectory_summary(text) == "line 0\nline 1\nline 2\n[... 5 more lines ...]\nline 8\nline 9\n\\boxed{4}"
+    assert trajectory_summary("  a   b \n\n c") == "a b\nc"
+    assert trajectory_summary("x" * 400).endswith("...") and len(trajectory_summary("x" * 400)) == 300

@@ -10,7 +10,6 @@ import pytest
 from sgsd.bank import SkillBank
 from sgsd.llm.base import Completion, LLMStats
 from sgsd.records import RolloutRecord
-from sgsd.records import memory_record
 from sgsd.updater import SkillUpdater, UpdateConfig
 
 
@@ -176,11 +175,3 @@ def test_bad_merge_sizes_are_refused_when_the_config_is_built_not_at_the_first_u
         UpdateConfig(**kwargs)
 
 
-def test_memory_record_fields():
-    rec = RolloutRecord("P", "x" * 100 + " \\boxed{7}", 0.0, "math", 3, "8")
-    memory = memory_record(rec, max_chars=40)
-    assert memory["predicted_answer"] == "7" and memory["reference_answer"] == "8"
-    assert memory["completion"] == "x" * 20 + "\n...\n" + rec.response[-20:]  # head and tail kept
-    assert memory["feedback"] == "The final answer does not match the reference."
-    unboxed = memory_record(RolloutRecord("P", "no answer", 0.0), max_chars=100)
-    assert unboxed["predicted_answer"] is None and unboxed["feedback"] == "No final \\boxed{} answer was given."

@@ -222,16 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     run = CPURun(Path(args.workdir).resolve(), steps=args.steps, estimator=estimator, rollout_n=n, extra=extra,
                  variant=args.variant)
     done_steps = run.checkpointed_step()
-    if done_steps >= run.steps:
-        print(f"[cpu_run] {run.workdir} already holds a finished {done_steps}-step run (metrics: {run.metrics_file}); "
-              f"to start over remove that folder or pass another --workdir (WORKDIR=...), to train on raise "
-              f"--steps (STEPS=...) above {done_steps}")
+    finished = settle_previous_run(run)
+    if finished is not None:
+        print(finished)
         return 0
-    if done_steps == 0 and run.metrics_file.exists():  # no checkpoint to resume: a fresh run, keep the old file
-        kept = run.metrics_file.with_name(f"metrics.previous-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
-        run.metrics_file.rename(kept)
-        print(f"[cpu_run] no checkpoint to resume in {run.checkpoint_dir}: starting fresh; the earlier metrics "
-              f"file is kept as {kept}")
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # building the tiny model: no bars on the demo's console
@@ -253,6 +248,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[cpu_run] skill bank: {run.checkpoint_dir / 'sgsd_bank' / 'bank.json'}")
     print(f"[cpu_run] {len(steps)} steps in the metrics file: {run.metrics_file}")
     return 0
+
+
+def settle_previous_run(run: CPURun) -> str | None:
+    """What an earlier run in ``run.workdir`` means for this one. Its checkpoint reached
+    ``run.steps``: the run is finished, nothing to train (returns the line that says so and
+    how to start over). Otherwise a checkpoint is resumed (verl's ``resume_mode=auto``, the
+    earlier steps' metrics kept by the trainer); a metrics file without a checkpoint to resume
+    is moved aside (``metrics.previous-<time>.jsonl``) before the fresh run empties it."""
+    done_steps = run.checkpointed_step()
+    if done_steps >= run.steps:
+        return (f"[cpu_run] {run.workdir} already holds a finished {done_steps}-step run (metrics: {run.metrics_file}); "
+                f"to start over remove that folder or pass another --workdir (WORKDIR=...), to train on raise "
+                f"--steps (STEPS=...) above {done_steps}")
+    if done_steps == 0 and run.metrics_file.exists():
+        kept = run.metrics_file.with_name(f"metrics.previous-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+        run.metrics_file.rename(kept)
+        print(f"[cpu_run] no checkpoint to resume in {run.checkpoint_dir}: starting fresh; the earlier metrics "
+              f"file is kept as {kept}")
+    return None
 
 
 def by_step(records: list[dict]) -> dict[int, dict]:
