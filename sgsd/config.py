@@ -83,7 +83,7 @@ class SGSDConfig:
     bank_path: str = "qwen3_1.7b"
     bank_output_dir: str | None = None
     encoder: str = "all-MiniLM-L6-v2"
-    encoder_device: str = "cpu"
+    encoder_device: str = "auto"
     top_k: int = 8
     alpha_temperature: float = 1.0
     tau: float = 1.0

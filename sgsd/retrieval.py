@@ -15,6 +15,7 @@ Cost model, for a training loop that calls :meth:`SkillRetriever.retrieve` every
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,6 +70,28 @@ def resolve_encoder_path(name_or_path: str | None) -> str:
     return name_or_path
 
 
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | None) -> str | None:
+    """``auto``: the GPU when this process sees one, else the CPU (logged). A CUDA device
+    this process cannot see is refused with the setting named, not left to fail inside torch."""
+    if device is None or not (device == "auto" or device.startswith("cuda")):
+        return device
+    import torch
+
+    visible = torch.cuda.is_available()
+    if device == "auto":
+        chosen = "cuda" if visible else "cpu"
+        logger.info("retrieval encoder on %s (device auto: this process %s)", chosen,
+                    "sees a CUDA device" if visible else "sees no CUDA device")
+        return chosen
+    if not visible:
+        raise ValueError(f"encoder device {device!r}: this process sees no CUDA device (a Ray actor that asks "
+                         "for no GPU may not); use 'auto' (the GPU when visible, else the CPU) or 'cpu'")
+    return device
+
+
 class SentenceTransformerEncoder:
     """A sentence-transformers model. Uses the model's own ``query``/``document`` prompts
     (e.g. Qwen3-Embedding's instruction prefix) through ``encode_query``/``encode_document``.
@@ -78,7 +101,7 @@ class SentenceTransformerEncoder:
         self,
         name_or_path: str | None = None,
         *,
-        device: str | None = "cpu",
+        device: str | None = "cpu",  # or "auto" / "cuda[:N]" (resolve_device)
         batch_size: int = 64,
         show_progress_bar: bool = False,
     ) -> None:
@@ -88,7 +111,8 @@ class SentenceTransformerEncoder:
         if Path(path).is_absolute() and not Path(path).exists():
             raise FileNotFoundError(f"encoder path does not exist: {path}")
         self.name = name_or_path or DEFAULT_ENCODER
-        self.model = SentenceTransformer(path, device=device)
+        self.device = resolve_device(device)
+        self.model = SentenceTransformer(path, device=self.device)
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
         self.texts_encoded = 0  # running count, lets tests/benchmarks see cache effectiveness

@@ -57,20 +57,23 @@ class PolicyWriterClient:
             with the same ``async generate(request_id, *, prompt_ids, sampling_params)``
             returning an object with ``token_ids``.
         tokenizer: the policy's tokenizer (chat template and decoding).
-        max_prompt_tokens: prompts longer than this fail cleanly (``prompt_too_long``)
-            instead of reaching the engine; ``None`` leaves the check to the engine.
+        context_length: the engine's context (``rollout.max_model_len``, else the model's
+            ``max_position_embeddings``): a prompt whose tokens plus the request's
+            ``max_new_tokens`` exceed it fails cleanly (``prompt_too_long``) instead of reaching
+            the engine, which would clamp the reply to what is left and return a truncated,
+            unparseable one; ``None`` leaves the check to the engine.
         max_concurrency: requests in flight at once (the replicas batch them).
     """
 
     name = "policy"
 
-    def __init__(self, server_client: Any, tokenizer: Any, *, max_prompt_tokens: int | None = None,
+    def __init__(self, server_client: Any, tokenizer: Any, *, context_length: int | None = None,
                  max_concurrency: int = 64) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.server_client = server_client
         self.tokenizer = tokenizer
-        self.max_prompt_tokens = max_prompt_tokens
+        self.context_length = context_length
         self.max_concurrency = max_concurrency
         self.stats = LLMStats()
 
@@ -97,8 +100,9 @@ class PolicyWriterClient:
             ids = self.tokenizer.encode(apply_chat(self.tokenizer, prompt, fmt), add_special_tokens=False)
         except Exception as exc:  # a broken template must not stop training
             return self._failed("render_error", exc, attempts=1)
-        if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
-            return self._failed("prompt_too_long", f"{len(ids)} tokens > {self.max_prompt_tokens}", attempts=1)
+        if self.context_length is not None and len(ids) + settings.max_new_tokens > self.context_length:
+            return self._failed("prompt_too_long", f"{len(ids)} prompt tokens + max_new_tokens {settings.max_new_tokens} "
+                                f"> context {self.context_length}", attempts=1)
         attempts = 0
         while True:
             attempts += 1

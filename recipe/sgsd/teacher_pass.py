@@ -354,17 +354,32 @@ def scatter_teacher_log_probs(
     return out
 
 
-def scoring_order(lengths: list[int], dp: int) -> list[int]:
-    """Scoring order of the teacher sequences (indices; some repeated as DP padding).
+def scoring_order(lengths: list[int], dp: int, per_rank_multiple: int = 1) -> list[int]:
+    """Scoring order of the teacher sequences (indices; some repeated as padding).
 
-    verl hands rank r the r-th contiguous chunk and cuts it into micro-batches in order.
-    Sorting longest-first and dealing round-robin gives every rank a similar token load
-    and micro-batches of similar lengths (little padding in an unpacked forward); the
-    list is padded with repeats of the shortest sequence to a multiple of ``dp``.
+    verl hands rank r the r-th contiguous chunk and cuts it into micro-batches in order;
+    with fixed micro-batches it asserts that each rank's count divides by the micro-batch
+    size (``workers/engine/utils.py:prepare_micro_batches``). Sorting longest-first and
+    dealing round-robin gives every rank a similar token load and micro-batches of similar
+    lengths (little padding in an unpacked forward); the list is padded with repeats of the
+    shortest sequence to a multiple of ``dp * per_rank_multiple``
+    (:func:`per_rank_multiple` of the scoring worker group).
     """
+    if dp < 1 or per_rank_multiple < 1:
+        raise ValueError(f"dp and per_rank_multiple must be >= 1, got {dp} and {per_rank_multiple}")
     ranked = sorted(range(len(lengths)), key=lambda j: -lengths[j])
-    ranked += [ranked[-1]] * ((-len(ranked)) % dp)  # pad with the cheapest sequence
+    ranked += [ranked[-1]] * ((-len(ranked)) % (dp * per_rank_multiple))  # pad with the cheapest sequence
     return [ranked[i] for r in range(dp) for i in range(r, len(ranked), dp)]
+
+
+def per_rank_multiple(config, frozen_reference: bool) -> int:
+    """What each rank's teacher-sequence count must divide by in verl's log-prob pass: the
+    scoring worker's fixed log-prob micro-batch (``actor_rollout_ref.rollout.*`` for the actor,
+    live or LoRA-off; ``actor_rollout_ref.ref.*`` for a separate reference model), or 1 with
+    dynamic batch sizing (any count is cut by tokens)."""
+    section = config.actor_rollout_ref.ref if frozen_reference else config.actor_rollout_ref.rollout
+    micro = section.get("log_prob_micro_batch_size_per_gpu")
+    return 1 if section.get("log_prob_use_dynamic_bsz", False) or not micro else int(micro)
 
 
 def outcome_signs(rewards: torch.Tensor, threshold: float) -> torch.Tensor:

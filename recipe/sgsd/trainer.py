@@ -32,7 +32,7 @@ from recipe.sgsd.loss import SGSDActorLoss
 from recipe.sgsd.policy_writer import PolicyWriterClient
 from recipe.sgsd.reward_hook import record_buffer
 from recipe.sgsd.sync_trainer import RecipeSyncTrainer
-from recipe.sgsd.teacher_pass import Rollouts, TeacherPass, scoring_order, teacher_item_ids
+from recipe.sgsd.teacher_pass import Rollouts, TeacherPass, per_rank_multiple, scoring_order, teacher_item_ids
 from sgsd.bank import SkillBank
 from sgsd.config import SGSDConfig
 from sgsd.datasets import resolve
@@ -71,8 +71,12 @@ class SGSDTrainer(RecipeSyncTrainer):
         super().on_init_end()
         cfg = self.sgsd_config
         self.evolution = self._make_evolution()
+        try:
+            encoder = SentenceTransformerEncoder(cfg.encoder, device=cfg.encoder_device)
+        except ValueError as exc:
+            raise ValueError(f"sgsd.encoder_device={cfg.encoder_device}: {exc}") from None
         self.retriever = SkillRetriever(
-            SentenceTransformerEncoder(cfg.encoder, device=cfg.encoder_device), self.skill_bank,
+            encoder, self.skill_bank,
             top_k=cfg.top_k, temperature=cfg.alpha_temperature,
         )
         self.teacher_pass = TeacherPass(cfg, self.tokenizer, self.retriever)
@@ -119,8 +123,7 @@ class SGSDTrainer(RecipeSyncTrainer):
         if spec != "policy":
             return make_client(spec)
         context = self.config.actor_rollout_ref.rollout.get("max_model_len") or self._model_context_length()
-        return PolicyWriterClient(self.get_llm_client(), self.tokenizer,
-                                  max_prompt_tokens=int(context) - 1 if context else None)
+        return PolicyWriterClient(self.get_llm_client(), self.tokenizer, context_length=int(context) if context else None)
 
     def _model_context_length(self) -> int | None:
         """What a rollout server uses when ``rollout.max_model_len`` is unset: the model's own."""
@@ -267,7 +270,9 @@ class SGSDTrainer(RecipeSyncTrainer):
         sequence through verl's log-prob call at once (the actor when live; the reference
         model, or the actor with its LoRA adapter off, when frozen) via a TransferQueue side
         partition; response-aligned results in the order given."""
-        order = scoring_order([len(p) + len(r) for p, r in zip(prompt_ids, responses)], self._teacher_dp_size())
+        frozen_reference = self.sgsd_config.teacher == "frozen" and not self.ref_in_actor
+        order = scoring_order([len(p) + len(r) for p, r in zip(prompt_ids, responses)], self._teacher_dp_size(),
+                              per_rank_multiple(self.config, frozen_reference))
         rows, tags = [], []
         for j in order:
             prompt = torch.tensor(prompt_ids[j], dtype=torch.int64)
@@ -303,7 +308,7 @@ class SGSDTrainer(RecipeSyncTrainer):
             results = list(response_from_nested(out["log_probs"], out["response_mask"]).unbind())
             scored: list[torch.Tensor | None] = [None] * len(prompt_ids)
             for position, j in enumerate(order):
-                if scored[j] is None:  # later copies are the DP padding
+                if scored[j] is None:  # later copies are the padding
                     scored[j] = results[position]
         finally:
             tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)

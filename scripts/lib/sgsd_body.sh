@@ -14,7 +14,7 @@ choose_train_file         # TRAIN_FILE: math_train(_skills).parquet, as the vari
 VAL_FILE=${VAL_FILE:-$HOME/data/sgsd/aime24.parquet}
 NNODES=${NNODES:-1}
 N_GPUS_PER_NODE=${N_GPUS_PER_NODE:-8}   # the paper: eight A800s
-ENCODER_DEVICE=${ENCODER_DEVICE:-cuda}  # the retriever, in the trainer process (cpu if it sees no GPU)
+ENCODER_DEVICE=${ENCODER_DEVICE:-auto}  # the retriever, in the trainer process: its GPU if it sees one, else cpu
 PROJECT_NAME=${PROJECT_NAME:-sgsd}
 EXPERIMENT_NAME=${EXPERIMENT_NAME:-${VARIANT}_${MODEL_TAG}}
 

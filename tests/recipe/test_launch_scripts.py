@@ -155,7 +155,7 @@ def test_sgsd_scripts_carry_the_paper_values(dry_runs, script, model, bank):
     assert (sgsd.top_k, sgsd.teacher, sgsd.reference_answer_in_teacher) == (8, "live", False)
     # Tab. 12 and Sec. 4.1
     assert (sgsd.tau, sgsd.clip, sgsd.threshold) == (1.0, 3.0, 0.05)
-    assert (sgsd.encoder, sgsd.encoder_device) == ("Qwen/Qwen3-Embedding-0.6B", "cuda")
+    assert (sgsd.encoder, sgsd.encoder_device) == ("Qwen/Qwen3-Embedding-0.6B", "auto")
     assert (sgsd.student_thinking, sgsd.teacher_thinking) == (False, True)
     assert cfg.data.apply_chat_template_kwargs.enable_thinking is False  # the student's prompt
     update = sgsd["update"]  # not sgsd.update: DictConfig.update is a method

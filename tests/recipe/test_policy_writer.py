@@ -83,10 +83,22 @@ def test_server_errors_and_long_prompts_fail_only_their_request(tiny_tokenizer):
     assert [c.ok for c in out] == [False, False] and "no room" in out[0].error
     assert client.stats.errors == {"ValueError": 2} and len(server.calls) == 2  # not retried
     server = StandInServer(tiny_tokenizer)
-    client = PolicyWriterClient(server, tiny_tokenizer, max_prompt_tokens=40)
-    out = client.generate(["short", "long " * 200])
+    client = PolicyWriterClient(server, tiny_tokenizer, context_length=60)
+    out = client.generate(["short", "long " * 200], GenerationSettings(max_new_tokens=8))
     assert out[0].ok and not out[1].ok and out[1].error.startswith("prompt_too_long")
     assert len(server.calls) == 1  # the long one never reached the server
+
+
+def test_the_reply_budget_counts_against_the_context(tiny_tokenizer):
+    """vLLM clamps max_tokens to what the context leaves: a prompt that fits alone but not
+    with its reply budget is refused up front, not answered with a truncated reply."""
+    prompt = "word " * 10
+    length = len(tiny_tokenizer.encode(apply_chat(tiny_tokenizer, prompt, ChatFormat(enable_thinking=False)),
+                                       add_special_tokens=False))
+    server = StandInServer(tiny_tokenizer)
+    client = PolicyWriterClient(server, tiny_tokenizer, context_length=length + 16)
+    fits, too_long = (client.generate([prompt], GenerationSettings(max_new_tokens=n))[0] for n in (16, 17))
+    assert fits.ok and not too_long.ok and "max_new_tokens 17" in too_long.error and len(server.calls) == 1
 
 
 def test_works_when_called_from_inside_an_event_loop(tiny_tokenizer):

@@ -97,6 +97,49 @@ def test_scoring_order_balances_ranks_sorts_micro_batches_and_covers_every_seque
     assert max(loads) - min(loads) <= max(lengths)
 
 
+@pytest.mark.parametrize(("dp", "micro"), [(8, 4), (8, 8), (2, 3), (1, 4)])
+def test_every_rank_gets_whole_log_prob_micro_batches(dp, micro):
+    """16 teacher sequences (single_teacher / OPSD on the 8-GPU scripts: 16 rollouts) over
+    ``dp`` ranks with fixed micro-batches: each rank's contiguous chunk passes verl's own
+    micro-batch split, which asserts on the padding to a multiple of dp alone."""
+    from tensordict import TensorDict
+
+    from recipe.sgsd.teacher_pass import scoring_order
+    from verl.utils.tensordict_utils import assign_non_tensor
+    from verl.workers.engine.utils import prepare_micro_batches
+
+    lengths = [100 + 7 * i for i in range(16)]
+
+    def split_on_every_rank(order):
+        chunk = len(order) // dp
+        for r in range(dp):
+            data = TensorDict({"ids": torch.tensor(order[r * chunk:(r + 1) * chunk])}, batch_size=[chunk])
+            assign_non_tensor(data, use_dynamic_bsz=False, micro_batch_size_per_gpu=micro)
+            prepare_micro_batches(data)
+
+    order = scoring_order(lengths, dp, micro)
+    assert set(order) == set(range(16)) and len(order) % (dp * micro) == 0 and len(order) - 16 < dp * micro
+    assert all(j == order[-1] or order.count(j) == 1 for j in order)  # only the shortest is repeated
+    split_on_every_rank(order)
+    if 16 % (dp * micro):  # padding to the DP size alone is what verl refuses
+        with pytest.raises(AssertionError, match="divisible by force_group_size"):
+            split_on_every_rank(scoring_order(lengths, dp))
+
+
+def test_the_scoring_worker_decides_the_per_rank_multiple():
+    from omegaconf import OmegaConf
+
+    from recipe.sgsd.teacher_pass import per_rank_multiple
+
+    config = OmegaConf.create({"actor_rollout_ref": {
+        "rollout": {"log_prob_micro_batch_size_per_gpu": 4, "log_prob_use_dynamic_bsz": False},
+        "ref": {"log_prob_micro_batch_size_per_gpu": 2, "log_prob_use_dynamic_bsz": False}}})
+    assert per_rank_multiple(config, frozen_reference=False) == 4  # the actor: live, or LoRA off
+    assert per_rank_multiple(config, frozen_reference=True) == 2  # a separate reference model
+    config.actor_rollout_ref.rollout.log_prob_use_dynamic_bsz = True
+    assert per_rank_multiple(config, frozen_reference=False) == 1  # cut by tokens: any count
+
+
 def test_answer_context_is_one_answer_teacher_per_rollout(encoder, small_bank, tiny_tokenizer):
     from sgsd.prompts import answer_teacher_prompt
     from sgsd.retrieval import ProblemRetrieval

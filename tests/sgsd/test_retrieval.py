@@ -192,3 +192,21 @@ def test_retrieval_config_refuses_bad_values_for_every_caller(encoder, kwargs, m
 def test_retrieve_without_bank_is_an_error(encoder):
     with pytest.raises(RuntimeError, match="set_bank"):
         SkillRetriever(encoder).retrieve(["x"])
+
+
+def test_encoder_device_auto_falls_back_to_the_cpu_and_an_unseen_gpu_is_refused(caplog):
+    import logging
+
+    import torch
+
+    from sgsd.retrieval import SentenceTransformerEncoder, resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only fallback")
+    with caplog.at_level(logging.INFO, logger="sgsd.retrieval"):
+        encoder = SentenceTransformerEncoder(device="auto")
+    assert encoder.device == "cpu" and str(encoder.model.device) == "cpu"
+    assert "sees no CUDA device" in caplog.text
+    assert resolve_device("cpu") == "cpu" and resolve_device(None) is None
+    with pytest.raises(ValueError, match="'cuda:1'.*sees no CUDA device.*'auto'"):
+        resolve_device("cuda:1")
