@@ -45,3 +45,19 @@ def test_wheel_has_library_recipe_and_cli(wheel, wheel_names):
     with zipfile.ZipFile(wheel) as zf:
         text = zf.read(entry_points).decode()
     assert "sgsd = sgsd.cli:main" in text
+
+
+def test_the_gpu_extra_installs_without_building_against_torch(wheel):
+    """flash-attn is only an sdist whose setup.py imports torch: inside the `gpu` extra pip's
+    isolated build fails ("No module named 'torch'"). The README installs it after torch,
+    with --no-build-isolation, as flash-attn's authors document."""
+    with zipfile.ZipFile(wheel) as zf:
+        [metadata] = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = [line for line in zf.read(metadata).decode().splitlines() if line.startswith("Requires-Dist:")]
+    gpu = [line for line in requires if 'extra == "gpu"' in line]
+    assert any("vllm==0.24.0" in line for line in gpu) and not any("flash" in line for line in gpu)
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("## On GPUs"):readme.index("```", readme.index("```", readme.index("## On GPUs")) + 3)]
+    lines = [line for line in block.splitlines() if line.startswith("pip install")]
+    assert lines[0].startswith('pip install -e ".[verl,gpu]"')
+    assert lines[1].startswith("pip install flash-attn==2.8.3 --no-build-isolation")

@@ -15,7 +15,7 @@ import os
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sgsd.config import SGSDConfig
+from sgsd.config import ConfigError, SGSDConfig
 
 SYNC_TRAINER = "sgsd_sync"  # the registry name of recipe.sgsd.sync_trainer.RecipeSyncTrainer
 
@@ -62,6 +62,7 @@ def prepare_config(config: DictConfig) -> DictConfig:
         kwargs = config.data.get("apply_chat_template_kwargs") or {}
         config.data.apply_chat_template_kwargs = {**kwargs, "enable_thinking": sgsd_config.student_thinking}
         _check_token_budget(config, sgsd_config)
+        _check_writer_placement(config, sgsd_config)
         if sgsd_config.teacher == "frozen" and not _uses_lora(config):
             # The frozen base needs a reference model; verl builds one only when a KL term
             # asks for it. A zero-weight KL loss does, and leaves the objective unchanged.
@@ -90,6 +91,26 @@ def _check_token_budget(config: DictConfig, sgsd_config: SGSDConfig) -> None:
             f"(sgsd.max_teacher_prompt_length + data.max_response_length = {need}); raise it or lower "
             "sgsd.max_teacher_prompt_length"
         )
+
+
+def _check_writer_placement(config: DictConfig, sgsd_config: SGSDConfig) -> None:
+    """A skill writer built inside the trainer process must not claim the GPUs the colocated
+    actor and rollout replicas hold: a ``vllm:`` engine there fails vLLM's start-up memory
+    check (the replicas are awake), a ``transformers:`` model on ``cuda`` would sit on GPU 0
+    for the whole run. Refused at start, naming what works."""
+    update = sgsd_config.update
+    if not update.enable or update.writer == "policy":
+        return
+    from sgsd.llm.factory import parse_spec
+
+    backend, kwargs = parse_spec(update.writer)
+    on_gpu = backend == "vllm" or (backend == "transformers" and str(kwargs.get("device", "cpu")).startswith("cuda"))
+    if on_gpu:
+        raise ConfigError(
+            f"sgsd.update.writer={update.writer!r} would load a second model inside the trainer process, on the GPUs "
+            "the colocated actor and rollout replicas hold; use sgsd.update.writer=policy (the rollout replicas "
+            "write), or openai:http://HOST:PORT/v1#MODEL against a server on other GPUs (or a transformers: "
+            "writer on the CPU)")
 
 
 @hydra.main(config_path="config", config_name="sgsd_trainer", version_base=None)

@@ -45,7 +45,7 @@ VAL_TOP_P=0.95
 VAL_TOP_K=-1
 SKILL_UPDATE=${SKILL_UPDATE:-true}  # the paper's online evolution (Alg. 4); false = a fixed bank
 SKILL_WRITER=${SKILL_WRITER:-policy}  # the policy via verl's rollout server, or an LLM spec
-                             # (transformers:/path, vllm:NAME, openai:http://host:8000/v1#MODEL)
+                             # (openai:http://host:8000/v1#MODEL on other GPUs, or transformers:/path on the CPU)
 UPDATE_FREQ=25
 UPDATE_SUCCESS=0.8
 UPDATE_MAX_NEW=5

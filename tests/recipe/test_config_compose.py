@@ -123,3 +123,24 @@ def test_every_sgsd_key_is_documented_in_docs_configuration():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     missing = [k for k in keys(SGSDConfig, "sgsd") if f"`{k}`" not in doc]
     assert not missing, f"undocumented sgsd keys: {missing}"
+
+
+@pytest.mark.parametrize(("writer", "refused"), [
+    ("vllm:Qwen/Qwen3-8B", True),
+    ("transformers:/ckpt/m?device=cuda", True),
+    ("transformers:/ckpt/m?device=cuda:1", True),
+    ("transformers:/ckpt/m", False),  # the CPU: slow, but out of the GPUs' way
+    ("openai:http://writer:8000/v1#Qwen/Qwen3-8B", False),
+    ("policy", False),
+])
+def test_a_skill_writer_on_the_trainers_gpus_is_refused_at_start(writer, refused):
+    from recipe.sgsd.main_sgsd import prepare_config
+
+    cfg = compose_sgsd([f'sgsd.update.writer="{writer}"'])
+    if refused:
+        with pytest.raises(ConfigError, match="sgsd.update.writer=.*use sgsd.update.writer=policy.*openai:"):
+            prepare_config(cfg)
+    else:
+        assert prepare_config(cfg).sgsd["update"].writer == writer  # (DictConfig.update is a method)
+    # a run without online updates builds no writer at all
+    prepare_config(compose_sgsd([f'sgsd.update.writer="{writer}"', "sgsd.update.enable=false"]))
