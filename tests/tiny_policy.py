@@ -79,9 +79,9 @@ def actor_micro_batch(prompts: Sequence[torch.Tensor], rollouts, record, global_
     verl's non-tensor batch info."""
     from tensordict import TensorDict
 
+    from recipe.sgsd.teacher_pass import jagged
     from verl.utils.tensordict_utils import assign_non_tensor
 
-    jagged = lambda rows: torch.nested.as_nested_tensor(list(rows), layout=torch.jagged)  # noqa: E731
     data = TensorDict({
         "prompts": jagged(prompts), "responses": jagged(rollouts.responses),
         "input_ids": jagged(torch.cat([p, r]) for p, r in zip(prompts, rollouts.responses)),
@@ -97,5 +97,7 @@ def actor_loss(model, loss_fn, prompts: Sequence[torch.Tensor], rollouts, record
     micro-batch, gradient attached): ``(loss, metrics)``."""
     data = actor_micro_batch(prompts, rollouts, record)
     log_probs = [sequence_log_probs(model, torch.cat([p, r]), temperature) for p, r in zip(prompts, rollouts.responses)]
-    model_output = {"log_probs": torch.nested.as_nested_tensor(log_probs, layout=torch.jagged)}
+    from recipe.sgsd.teacher_pass import jagged
+
+    model_output = {"log_probs": jagged(log_probs)}
     return loss_fn(model_output, data)

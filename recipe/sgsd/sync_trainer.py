@@ -78,7 +78,7 @@ class RecipeSyncTrainer(PPOTrainerSync):
         self._metrics_history: list[dict] | None = None
         path = file_logger_path(self.config)
         if self.global_steps > 0 and path is not None:
-            backup = path.with_name(path.name + ".resume")
+            self._metrics_backup = backup = path.with_name(path.name + ".resume")
             source = backup if backup.exists() else path  # an earlier attempt died before writing back
             if source.exists():
                 self._metrics_history = read_history(source, self.global_steps)
@@ -96,8 +96,7 @@ class RecipeSyncTrainer(PPOTrainerSync):
         file_logger = self.logger.logger.get("file")
         for record in history:
             file_logger.log(data=record["data"], step=record["step"])
-        path = file_logger_path(self.config)
-        path.with_name(path.name + ".resume").unlink(missing_ok=True)
+        self._metrics_backup.unlink(missing_ok=True)
 
     def on_validate_begin(self):
         self._write_back_history()  # val_before_train logs before on_train_begin

@@ -62,7 +62,6 @@ class TeacherFields:
 
     def to_tensordict(self) -> TensorDict:
         """verl's layout: per-token fields as jagged nested tensors, the rest dense."""
-        jagged = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)  # noqa: E731
         values = {"teacher_log_probs": jagged(self.teacher_log_probs), "token_mask": jagged(self.token_mask),
                   "alpha": self.alpha, "outcome_sign": self.outcome_sign}
         return TensorDict({self.PREFIX + k: v for k, v in values.items()}, batch_size=[len(self.alpha)])
@@ -96,6 +95,11 @@ def read_loss_inputs(data: TensorDict, width: int, dtype: torch.dtype = torch.fl
         response_mask=response_mask,
         student=fit_width(padded[student_key], width).to(dtype) if student_key else None,
     )
+
+
+def jagged(rows) -> torch.Tensor:
+    """Per-rollout rows of different lengths as one jagged nested tensor (verl's batch layout)."""
+    return torch.nested.as_nested_tensor(list(rows), layout=torch.jagged)
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -219,10 +223,9 @@ class TeacherPass:
 def rollout_loss_inputs(record: TeacherFields, rollouts: Rollouts) -> LossInputs:
     """The record of ``rollouts`` read as the loss reads a micro-batch, with the rollouts'
     own (old) log-probs as the student: what an on-policy update's first pass sees."""
-    jagged = lambda rows: torch.nested.as_nested_tensor([r.float() for r in rows], layout=torch.jagged)  # noqa: E731
     data = record.to_tensordict()
-    data["response_mask"] = jagged(rollouts.response_masks)
-    data["old_log_probs"] = jagged(rollouts.log_probs)
+    data["response_mask"] = jagged(r.float() for r in rollouts.response_masks)
+    data["old_log_probs"] = jagged(r.float() for r in rollouts.log_probs)
     return read_loss_inputs(data, max(len(t) for t in rollouts.log_probs), student_key="old_log_probs")
 
 

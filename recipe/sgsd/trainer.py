@@ -270,9 +270,8 @@ class SGSDTrainer(RecipeSyncTrainer):
         sequence through verl's log-prob call at once (the actor when live; the reference
         model, or the actor with its LoRA adapter off, when frozen) via a TransferQueue side
         partition; response-aligned results in the order given."""
-        frozen_reference = self.sgsd_config.teacher == "frozen" and not self.ref_in_actor
         order = scoring_order([len(p) + len(r) for p, r in zip(prompt_ids, responses)], self._teacher_dp_size(),
-                              per_rank_multiple(self.config, frozen_reference))
+                              per_rank_multiple(self.config, self._frozen_reference))
         rows, tags = [], []
         for j in order:
             prompt = torch.tensor(prompt_ids[j], dtype=torch.int64)
@@ -294,13 +293,11 @@ class SGSDTrainer(RecipeSyncTrainer):
             probe = memory_probe.PeakMemoryProbe(self._teacher_worker_group())
             probe.start()
         try:
-            if self.sgsd_config.teacher == "frozen":
-                if self.ref_in_actor:
-                    meta.extra_info["no_lora_adapter"] = True
-                    self.actor_rollout_wg.compute_log_prob(meta)
-                else:
-                    self.ref_policy_wg.compute_ref_log_prob(meta)
+            if self._frozen_reference:
+                self.ref_policy_wg.compute_ref_log_prob(meta)
             else:
+                if self.sgsd_config.teacher == "frozen":  # the actor with its LoRA adapter off
+                    meta.extra_info["no_lora_adapter"] = True
                 self.actor_rollout_wg.compute_log_prob(meta)
             if probe is not None:
                 self._last_teacher_peak_mb = probe.stop()
@@ -328,9 +325,13 @@ class SGSDTrainer(RecipeSyncTrainer):
             "temperature": self.sgsd_config.logprob_temperature,
         }, folder / f"teacher_pass_step{self.global_steps:04d}.pt")
 
+    @property
+    def _frozen_reference(self) -> bool:
+        """The teacher is a separate reference model (frozen, no LoRA to switch off)."""
+        return self.sgsd_config.teacher == "frozen" and not self.ref_in_actor
+
     def _teacher_worker_group(self):
-        frozen_ref = self.sgsd_config.teacher == "frozen" and not self.ref_in_actor
-        return self.ref_policy_wg if frozen_ref else self.actor_rollout_wg
+        return self.ref_policy_wg if self._frozen_reference else self.actor_rollout_wg
 
     def _teacher_dp_size(self) -> int:
         return max(int(getattr(self._teacher_worker_group(), "world_size", 1)), 1)
