@@ -15,6 +15,7 @@ import os
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from recipe.sgsd.geometry import Geometry, run_geometry, uses_lora
 from sgsd.config import ConfigError, SGSDConfig
 
 SYNC_TRAINER = "sgsd_sync"  # the registry name of recipe.sgsd.sync_trainer.RecipeSyncTrainer
@@ -61,36 +62,14 @@ def prepare_config(config: DictConfig) -> DictConfig:
             config.reward.custom_reward_function.name = "compute_score"
         kwargs = config.data.get("apply_chat_template_kwargs") or {}
         config.data.apply_chat_template_kwargs = {**kwargs, "enable_thinking": sgsd_config.student_thinking}
-        _check_token_budget(config, sgsd_config)
         _check_writer_placement(config, sgsd_config)
-        if sgsd_config.teacher == "frozen" and not _uses_lora(config):
+        if sgsd_config.teacher == "frozen" and not uses_lora(config):
             # The frozen base needs a reference model; verl builds one only when a KL term
             # asks for it. A zero-weight KL loss does, and leaves the objective unchanged.
             if not config.actor_rollout_ref.actor.use_kl_loss and not config.algorithm.use_kl_in_reward:
                 config.actor_rollout_ref.actor.use_kl_loss = True
                 config.actor_rollout_ref.actor.kl_loss_coef = 0.0
     return config
-
-
-def _uses_lora(config: DictConfig) -> bool:
-    model = config.actor_rollout_ref.model
-    rank = model.get("lora", {}).get("rank", 0) or model.get("lora_rank", 0)
-    return rank > 0 or model.get("lora_adapter_path") is not None
-
-
-def _check_token_budget(config: DictConfig, sgsd_config: SGSDConfig) -> None:
-    """With dynamic batch sizing, one micro-batch must hold a whole teacher sequence."""
-    rollout = config.actor_rollout_ref.rollout
-    if not rollout.get("log_prob_use_dynamic_bsz", False):
-        return
-    need = sgsd_config.max_teacher_prompt_length + config.data.max_response_length
-    have = rollout.get("log_prob_max_token_len_per_gpu")
-    if have is not None and have < need:
-        raise ValueError(
-            f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={have} cannot hold a teacher sequence "
-            f"(sgsd.max_teacher_prompt_length + data.max_response_length = {need}); raise it or lower "
-            "sgsd.max_teacher_prompt_length"
-        )
 
 
 def _check_writer_placement(config: DictConfig, sgsd_config: SGSDConfig) -> None:
@@ -113,6 +92,19 @@ def _check_writer_placement(config: DictConfig, sgsd_config: SGSDConfig) -> None
             "writer on the CPU)")
 
 
+def check_geometry(config: DictConfig, use_reference_policy: bool, use_critic: bool) -> Geometry | None:
+    """Every pass's per-rank batch geometry (:mod:`recipe.sgsd.geometry`), for SGSD and the
+    other estimators alike; raises ``GeometryError`` on a config verl would assert on at step 1.
+    ``SGSD_GEOMETRY_CHECK=0`` skips it (to watch verl assert on its own, or should this model
+    of verl's batching ever be stricter than verl)."""
+    if os.environ.get("SGSD_GEOMETRY_CHECK", "1") == "0":
+        return None
+    sgsd_config = None
+    if config.algorithm.adv_estimator == "sgsd":
+        sgsd_config = SGSDConfig.from_mapping(OmegaConf.to_container(config.sgsd, resolve=True))
+    return run_geometry(config, sgsd_config, use_reference_policy=use_reference_policy, use_critic=use_critic)
+
+
 @hydra.main(config_path="config", config_name="sgsd_trainer", version_base=None)
 def main(config: DictConfig) -> None:
     import recipe.sgsd.plugin  # noqa: F401  (registrations in the driver too)
@@ -122,8 +114,9 @@ def main(config: DictConfig) -> None:
     from verl.utils.device import auto_set_device
 
     config = prepare_config(config)
+    geometry = check_geometry(config, need_reference_policy(config), need_critic(config))
     if os.environ.get("SGSD_DRY_RUN") == "1":
-        _dry_run(config, validate_config, need_reference_policy(config), need_critic(config))
+        _dry_run(config, validate_config, need_reference_policy(config), need_critic(config), geometry)
         return
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config),
@@ -131,7 +124,8 @@ def main(config: DictConfig) -> None:
     run_ppo(config, task_runner_class=TaskRunnerV1)
 
 
-def _dry_run(config: DictConfig, validate_config, use_reference_policy: bool, use_critic: bool) -> None:
+def _dry_run(config: DictConfig, validate_config, use_reference_policy: bool, use_critic: bool,
+             geometry: Geometry | None) -> None:
     """``SGSD_DRY_RUN=1``: validate the composed config, print one line, launch nothing.
 
     ``SGSD_DRY_RUN_OUT=PATH`` also writes the resolved config there (yaml). auto_set_device
@@ -153,7 +147,22 @@ def _dry_run(config: DictConfig, validate_config, use_reference_policy: bool, us
         OmegaConf.save(config, os.environ["SGSD_DRY_RUN_OUT"], resolve=True)
     gpus = f"{config.trainer.n_gpus_per_node}x{config.trainer.nnodes}"
     print(f"sgsd dry run: config OK ({config.algorithm.adv_estimator}, {gpus} GPUs)")
+    if geometry is not None:
+        print(f"sgsd dry run: geometry: {geometry.summary()}")
+
+
+def record_argv(path: str) -> None:
+    """``SGSD_ARGV_OUT=PATH``: write the overrides this launch received (a JSON list) and exit,
+    launching nothing. How ``scripts/simulate_gpu_run.sh`` reads a GPU script's command line."""
+    import json
+    import sys
+
+    with open(path, "w") as out:
+        json.dump(sys.argv[1:], out)
 
 
 if __name__ == "__main__":
-    main()
+    if os.environ.get("SGSD_ARGV_OUT"):
+        record_argv(os.environ["SGSD_ARGV_OUT"])
+    else:
+        main()
