@@ -9,6 +9,13 @@
    so nothing allocates K x B x T x V logits. Target <= 1.3.
 
     .venv/bin/python scripts/bench_teacher_pass.py [--steps 3] [--token-budget 1024] [--workdir DIR]
+    .venv/bin/python scripts/bench_teacher_pass.py --compare-batching   # 3. instead of 1 and 2
+
+3. Batching (``--compare-batching``): the same K=8 run twice, once with verl's dynamic batch
+   sizing (``--token-budget`` tokens per micro-batch, for actor, rollout and ref together) and
+   once with fixed micro-batches of ``--micro-batch`` sequences; prints each run's seconds per
+   step for the teacher scoring call, the old log-prob pass and the actor update, and their
+   ratios fixed / dynamic (> 1: dynamic is faster). The GPU scripts' choice rests on it.
 
 Each run is a real ``recipe.sgsd.main_sgsd`` run (CPU backend, hf rollout); figures are the
 median over the steps after the first (which includes warm-up).
@@ -47,9 +54,18 @@ def budget_overrides(tokens: int) -> list[str]:
             f"actor_rollout_ref.ref.log_prob_max_token_len_per_gpu={tokens}"]
 
 
-def run_once(workdir: Path, model_dir: Path, top_k: int, steps: int, token_budget: int) -> dict:
+def micro_batch_overrides(sequences: int) -> list[str]:
+    """Fixed micro-batches of ``sequences`` sequences in every pass (verl's default mode)."""
+    return [f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={sequences}",
+            f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={sequences}",
+            f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={sequences}"]
+
+
+def run_once(workdir: Path, model_dir: Path, top_k: int, steps: int, token_budget: int,
+             micro_batch: int | None = None) -> dict:
+    batching = budget_overrides(token_budget) if micro_batch is None else micro_batch_overrides(micro_batch)
     run = CPURun(workdir, steps=steps, top_k=top_k, model_dir=model_dir, env={"SGSD_PROBE_MEMORY": "1"},
-                 extra=["trainer.save_freq=-1", *budget_overrides(token_budget)])
+                 extra=["trainer.save_freq=-1", *batching])
     done = run.run(capture=True)
     if done.returncode != 0:
         raise SystemExit(f"training run K={top_k} failed:\n{done.stderr[-4000:]}")
@@ -65,7 +81,20 @@ def run_once(workdir: Path, model_dir: Path, top_k: int, steps: int, token_budge
         # steady state, like the throughput: step 1 also pays the allocator's first growth
         "teacher_peak_extra_mb": _median(metrics, "sgsd/teacher_pass_peak_extra_mb"),
         "retrieval_s": _median(metrics, "sgsd/retrieval_time"),
+        "scoring_s": _median(metrics, "sgsd/teacher_scoring_time"),
+        "old_log_prob_s": _median(metrics, "timing_s/old_log_prob"),
+        "update_actor_s": _median(metrics, "timing_s/update_actor"),
     }
+
+
+def compare_batching(root: Path, model_dir: Path, steps: int, token_budget: int, micro_batch: int) -> None:
+    dynamic = run_once(root / "k8_dynamic", model_dir, 8, steps, token_budget)
+    fixed = run_once(root / f"k8_micro{micro_batch}", model_dir, 8, steps, token_budget, micro_batch=micro_batch)
+    print(f"Batching of verl's passes on CPU (tiny Qwen3, vocab {QWEN3_VOCAB:,}, B=4, K=8), seconds per step:")
+    for name, key in (("teacher scoring", "scoring_s"), ("old log-prob", "old_log_prob_s"),
+                      ("actor update", "update_actor_s")):
+        print(f"  {name:16s} dynamic ({token_budget} tokens) {dynamic[key]:6.2f}   fixed ({micro_batch} sequences) "
+              f"{fixed[key]:6.2f}   fixed / dynamic {fixed[key] / dynamic[key]:.2f}")
 
 
 def main() -> None:
@@ -74,11 +103,17 @@ def main() -> None:
     parser.add_argument("--workdir", default="outputs/bench_teacher_pass")
     parser.add_argument("--token-budget", type=int, default=1024,
                         help="tokens per log-prob micro-batch (verl dynamic bsz); 0: 4 sequences per micro-batch")
+    parser.add_argument("--compare-batching", action="store_true",
+                        help="time dynamic batch sizing against fixed micro-batches (3. above)")
+    parser.add_argument("--micro-batch", type=int, default=2, help="sequences per fixed micro-batch (3. above)")
     args = parser.parse_args()
     root = Path(args.workdir).resolve()
     model_dir = root / "tiny_qwen3_vocab151936"
     if not (model_dir / "config.json").exists():
         build_tiny_model(model_dir, pad_vocab_to=QWEN3_VOCAB, initializer_range=0.3)
+    if args.compare_batching:
+        compare_batching(root, model_dir, args.steps, args.token_budget or 1024, args.micro_batch)
+        return
     k8 = run_once(root / "k8", model_dir, 8, args.steps, args.token_budget)
     k1 = run_once(root / "k1", model_dir, 1, args.steps, args.token_budget)
     batching = f"{args.token_budget} tokens per micro-batch" if args.token_budget > 0 else "micro-batch 4"

@@ -44,8 +44,8 @@ VAL_TOP_K=-1
 TRAIN_BATCH_SIZE=16          # problems per step, as SGSD: only Tab. 11's rows differ between methods
 GRAD_CLIP=1.0                # release: the TRL default for GRPO
 STUDENT_THINKING=true        # the release's GRPO prompt keeps Qwen3's default; 16000 tokens leave room
-MICRO_BATCH_PER_GPU=1        # responses up to 16000 tokens
-LOGPROB_MICRO_BATCH_PER_GPU=1
+TRAIN_TOKENS_PER_GPU=18432   # one full-length sequence (2048 + 16000) per micro-batch, packed
+LOGPROB_TOKENS_PER_GPU=18432
 ROLLOUT_TP=1
 ROLLOUT_GPU_MEMORY=0.5
 

@@ -18,6 +18,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen3-1.7B}
 BANK_PATH=${BANK_PATH:-qwen3_1.7b}  # the cold-start bank released with SGSD
 MODEL_TAG=qwen3_1_7b  # EXPERIMENT_NAME defaults to ${VARIANT}_qwen3_1_7b
-LOGPROB_MICRO_BATCH_PER_GPU=8  # the teacher pass scores K sequences per problem
+LOGPROB_TOKENS_PER_GPU=32768  # log-prob passes: a full-length teacher sequence (20000 + 1024), packed with more
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib/sgsd_body.sh" "$@"

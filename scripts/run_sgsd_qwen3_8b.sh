@@ -18,6 +18,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen3-8B}
 BANK_PATH=${BANK_PATH:-qwen3_4b}  # no 8B bank ships; the paper builds one per model (Tab. 12)
 MODEL_TAG=qwen3_8b  # EXPERIMENT_NAME defaults to ${VARIANT}_qwen3_8b
-LOGPROB_MICRO_BATCH_PER_GPU=4  # the teacher pass scores K sequences per problem
+LOGPROB_TOKENS_PER_GPU=24576  # log-prob passes: one full-length teacher sequence (20000 + 1024) per micro-batch, packed
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib/sgsd_body.sh" "$@"

@@ -50,7 +50,12 @@ verl_overrides() {
         # The engine workers clip with optim.clip_grad; actor.grad_clip is the legacy key.
         actor_rollout_ref.actor.optim.clip_grad="$GRAD_CLIP"
         actor_rollout_ref.actor.ppo_mini_batch_size="$TRAIN_BATCH_SIZE"
-        actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="$MICRO_BATCH_PER_GPU"
+        # verl's dynamic batch sizing for the actor update and every log-prob pass (old, ref, and
+        # SGSD's teacher pass): micro-batches are cut by tokens, so any per-rank count works. Fixed
+        # micro-batches must divide each rank's count (16 problems x 1 rollout on 8 GPUs: 2 each),
+        # and verl asserts the actor and the rollout's log-prob pass agree on the mode.
+        actor_rollout_ref.actor.use_dynamic_bsz=true
+        actor_rollout_ref.actor.ppo_max_token_len_per_gpu="$TRAIN_TOKENS_PER_GPU"
         actor_rollout_ref.rollout.name=vllm
         actor_rollout_ref.rollout.dtype=bfloat16
         actor_rollout_ref.rollout.tensor_model_parallel_size="$ROLLOUT_TP"
@@ -59,8 +64,10 @@ verl_overrides() {
         actor_rollout_ref.rollout.temperature="$TEMPERATURE"
         actor_rollout_ref.rollout.top_p="$TOP_P"
         actor_rollout_ref.rollout.top_k="$TOP_K"
-        actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu="$LOGPROB_MICRO_BATCH_PER_GPU"
-        actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu="$LOGPROB_MICRO_BATCH_PER_GPU"
+        actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true
+        actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu="$LOGPROB_TOKENS_PER_GPU"
+        actor_rollout_ref.ref.log_prob_use_dynamic_bsz=true
+        actor_rollout_ref.ref.log_prob_max_token_len_per_gpu="$LOGPROB_TOKENS_PER_GPU"
         actor_rollout_ref.rollout.val_kwargs.do_sample=true
         actor_rollout_ref.rollout.val_kwargs.n="$VAL_SAMPLES"
         actor_rollout_ref.rollout.val_kwargs.temperature="$VAL_TEMPERATURE"

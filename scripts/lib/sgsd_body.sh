@@ -1,7 +1,7 @@
 # Sourced last by scripts/run_sgsd_qwen3_*.sh, never run on its own: the paper's SGSD settings
 # that every model shares, and the launch. The sourcing script has turned on `set -xeuo pipefail`,
 # sourced lib/common.sh and set what differs per model: MODEL_PATH, BANK_PATH, MODEL_TAG (the
-# experiment name's suffix) and LOGPROB_MICRO_BATCH_PER_GPU. Its arguments arrive here as "$@"
+# experiment name's suffix) and LOGPROB_TOKENS_PER_GPU. Its arguments arrive here as "$@"
 # and reach the entry point last, so Hydra lets them win. A `${VAR:-default}` below can be set
 # from the environment; a plain assignment is the paper's value (change it with a Hydra override).
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
@@ -55,7 +55,7 @@ UPDATE_CAPACITY=30
 TRAIN_BATCH_SIZE=16          # problems per step = per optimizer step (release: 1 x 4 accum x 4 GPUs)
 GRAD_CLIP=0.1                # release: max_grad_norm 0.1
 MAX_PROMPT_LENGTH=2048       # the student prompt is the problem alone
-MICRO_BATCH_PER_GPU=2
+TRAIN_TOKENS_PER_GPU=6144     # actor update: two full-length student sequences (2048 + 1024) per micro-batch
 ROLLOUT_TP=1
 ROLLOUT_GPU_MEMORY=0.5
 

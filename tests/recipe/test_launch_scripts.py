@@ -96,7 +96,7 @@ def test_a_sgsd_size_script_holds_only_its_values(script):
     lines = [line for line in (SCRIPTS / script).read_text().splitlines()
              if line.strip() and not line.startswith(("#", "set ", "source "))]
     assert [line.split("=", 1)[0] for line in lines] == [
-        "MODEL_PATH", "BANK_PATH", "MODEL_TAG", "LOGPROB_MICRO_BATCH_PER_GPU"]
+        "MODEL_PATH", "BANK_PATH", "MODEL_TAG", "LOGPROB_TOKENS_PER_GPU"]
     assert (SCRIPTS / script).read_text().rstrip().endswith(SGSD_BODY)
     assert LAUNCH not in (SCRIPTS / script).read_text()
 
@@ -269,17 +269,37 @@ def test_environment_values_reach_the_config(tmp_path, script):
         assert cfg.sgsd["update"].enable is False
 
 
-@pytest.mark.parametrize("script, experiment, logprob", [
-    ("run_sgsd_qwen3_8b.sh", "sgsd_qwen3_8b", 4),
-    ("run_sgsd_qwen3_4b.sh", "sgsd_qwen3_4b", 8),
-    ("run_sgsd_qwen3_1.7b.sh", "sgsd_qwen3_1_7b", 8),
-    ("run_grpo_qwen3_8b.sh", "grpo_qwen3_8b", 1),
+@pytest.mark.parametrize("script, experiment, logprob_tokens", [
+    ("run_sgsd_qwen3_8b.sh", "sgsd_qwen3_8b", 24576),
+    ("run_sgsd_qwen3_4b.sh", "sgsd_qwen3_4b", 32768),
+    ("run_sgsd_qwen3_1.7b.sh", "sgsd_qwen3_1_7b", 32768),
+    ("run_grpo_qwen3_8b.sh", "grpo_qwen3_8b", 18432),
 ])
-def test_each_script_sizes_its_own_model(tmp_path, script, experiment, logprob):
+def test_each_script_sizes_its_own_model_and_passes_the_geometry_check_on_1_2_4_8_gpus(
+        tmp_path, script, experiment, logprob_tokens):
     cfg = _recorded_config(tmp_path, script)
     assert cfg.trainer.experiment_name == experiment
-    rollout, ref = cfg.actor_rollout_ref.rollout, cfg.actor_rollout_ref.ref
-    assert rollout.log_prob_micro_batch_size_per_gpu == ref.log_prob_micro_batch_size_per_gpu == logprob
+    actor, rollout, ref = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout, cfg.actor_rollout_ref.ref
+    # verl's dynamic batch sizing in every pass (fixed micro-batches did not divide 2 rollouts per GPU)
+    assert actor.use_dynamic_bsz and rollout.log_prob_use_dynamic_bsz and ref.log_prob_use_dynamic_bsz
+    assert rollout.log_prob_max_token_len_per_gpu == ref.log_prob_max_token_len_per_gpu == logprob_tokens
+    for gpus in (1, 2, 4, 8):
+        assert _geometry(_with(cfg, f"trainer.n_gpus_per_node={gpus}")).dp == gpus
+
+
+def _with(cfg, *overrides: str):
+    """``cfg`` with dotted ``key=value`` overrides merged in (as Hydra would)."""
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+
+
+def _geometry(cfg):
+    """recipe.sgsd.geometry on a composed config, as main_sgsd (and SGSD_DRY_RUN) checks it."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
+    from recipe.sgsd.main_sgsd import check_geometry, prepare_config
+
+    cfg = prepare_config(cfg)
+    return check_geometry(cfg, need_reference_policy(cfg), need_critic(cfg))
 
 
 def test_build_bank_script_runs_the_cold_start_builder(tmp_path):
@@ -331,6 +351,8 @@ def test_every_variant_launches_from_the_same_scripts_with_its_overrides(tmp_pat
     assert cfg.data.train_files.endswith("math_train_skills.parquet" if variant.student_skills
                                          else "math_train.parquet")
     assert cfg.trainer.experiment_name == f"{name}_qwen3_8b"
+    for gpus in (1, 2, 4, 8):  # the batch geometry main_sgsd checks at start
+        assert _geometry(_with(cfg, f"trainer.n_gpus_per_node={gpus}")).world == gpus
 
 
 def test_a_variant_of_the_other_estimator_or_an_unknown_one_is_refused(tmp_path):
