@@ -77,8 +77,10 @@ class SGSDActorLoss:
         """The globally-normalised SGSD loss of this micro-batch and its diagnostics."""
         from verl.workers.utils.padding import no_padding_2_padding
 
-        student = no_padding_2_padding(model_output["log_probs"], data)  # [B, T] live
-        inputs = read_loss_inputs(data, student.shape[1], student.dtype)
+        # [B, T] live, in fp32: under verl's bf16 mixed precision the log-probs arrive in bf16,
+        # where a token count above 256 is not exact (403 response tokens sum to 404)
+        student = no_padding_2_padding(model_output["log_probs"], data).float()
+        inputs = read_loss_inputs(data, student.shape[1])
         out = sgsd_objective(student, inputs.teacher, inputs.token_mask, inputs.alpha, inputs.outcome_sign,
                              self.objective, response_mask=inputs.response_mask)
         loss = global_mean(out.loss, data)

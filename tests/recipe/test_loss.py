@@ -179,3 +179,22 @@ def test_hybrid_is_grpo_plus_coef_times_sgsd_and_exactly_grpo_at_zero(actor_conf
     else:
         torch.testing.assert_close(total, grpo_loss + coef * sgsd_only)
         torch.testing.assert_close(total_grad, grpo_grad + coef * sgsd_grad)
+
+
+def test_bf16_log_probs_are_scored_in_fp32_so_long_responses_count_every_token():
+    """verl's bf16 mixed precision hands the loss bf16 log-probs; in bf16 the token count of a
+    403-token response sums to 404 (found on two CPU ranks, tests/recipe/cpu/test_simulate.py)."""
+    g = torch.Generator().manual_seed(3)
+    P, T = 3, 403
+    row = {"prompt": torch.randint(0, 50, (P,), generator=g), "response": torch.randint(0, 50, (T,), generator=g),
+           "seq_logits": torch.randn(P + T, generator=g), "teacher": -torch.rand(T, K, generator=g) * 3,
+           "mask": torch.ones(T), "alpha": torch.tensor([0.5, 0.3, 0.2]), "sign": -1.0}
+    model_output, data = _micro_batch([row], [torch.tensor(1.0)], global_batch_size=1)
+    model_output = {"log_probs": torch.nested.as_nested_tensor(
+        [t.to(torch.bfloat16) for t in model_output["log_probs"].unbind()], layout=torch.jagged)}
+    loss, _ = _loss_fn()(model_output, data)
+    student = (-torch.nn.functional.softplus(row["seq_logits"])).to(torch.bfloat16).float()[P - 1:P + T - 1]
+    ref = sgsd_objective(student[None], row["teacher"].T[None], row["mask"][None], row["alpha"][None],
+                         torch.tensor([row["sign"]]), ObjectiveConfig(), response_mask=torch.ones(1, T))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref.loss.item(), rel=1e-6)
