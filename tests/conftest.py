@@ -120,3 +120,18 @@ def evolution_runs(tmp_path_factory, run_model_dir, run_data_dir, shipped_bank):
 
     return launches.evolution_runs(tmp_path_factory.mktemp("evolution_runs"), run_model_dir, run_data_dir,
                                    shipped_bank)
+
+
+# GPU launch scripts, one step of their own config on 2 CPU ranks (recipe/sgsd/cpu/simulate.py)
+@pytest.fixture(scope="session")
+def sgsd_8b_simulation(tmp_path_factory, run_model_dir, run_data_dir):
+    from tests import launches
+
+    return launches.sgsd_8b_simulation(tmp_path_factory.mktemp("sim_sgsd_8b"), run_model_dir, run_data_dir)
+
+
+@pytest.fixture(scope="session")
+def grpo_8b_simulation(tmp_path_factory, run_model_dir, run_data_dir):
+    from tests import launches
+
+    return launches.grpo_8b_simulation(tmp_path_factory.mktemp("sim_grpo_8b"), run_model_dir, run_data_dir)

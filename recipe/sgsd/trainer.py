@@ -65,6 +65,7 @@ class SGSDTrainer(RecipeSyncTrainer):
         # Created here, before the reward workers exist, so this long-lived process owns the
         # buffer actor (a Ray actor dies with its owner) and every reward worker finds it.
         self.record_buffer = record_buffer(self.sgsd_config.record_buffer_size)
+        self._scoring_ranks: list[int] = []  # the rank that scored each teacher of the last pass (dumps)
 
     # ----------------------------------------------------------------- set-up
     def on_init_end(self):
@@ -304,9 +305,12 @@ class SGSDTrainer(RecipeSyncTrainer):
             out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"])
             results = list(response_from_nested(out["log_probs"], out["response_mask"]).unbind())
             scored: list[torch.Tensor | None] = [None] * len(prompt_ids)
+            per_rank = len(order) // self._teacher_dp_size()  # verl's contiguous chunk per rank
+            self._scoring_ranks = [0] * len(prompt_ids)
             for position, j in enumerate(order):
                 if scored[j] is None:  # later copies are the padding
                     scored[j] = results[position]
+                    self._scoring_ranks[j] = position // per_rank
         finally:
             tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
         return scored
@@ -323,6 +327,8 @@ class SGSDTrainer(RecipeSyncTrainer):
             "student_log_probs": [s.clone() for s in rollouts.log_probs],
             "student_prompts": [p.clone() for p in student_prompts],
             "temperature": self.sgsd_config.logprob_temperature,
+            "problems": list(rollouts.problems), "rewards": rollouts.rewards.clone(),
+            "scoring_rank": list(self._scoring_ranks),
         }, folder / f"teacher_pass_step{self.global_steps:04d}.pt")
 
     @property
