@@ -31,6 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
+from sgsd import bounded_json
 from sgsd.atomic import atomic_write_json
 
 __all__ = [
@@ -238,12 +239,15 @@ class SkillBank:
             raise BankError(f"{p}: skill bank file not found")
         if p.is_dir():
             raise BankError(f"{p}: is a directory, expected a skill bank JSON file")
+        if p.stat().st_size > bounded_json.MAX_FILE_BYTES:
+            raise BankError(f"{p}: {p.stat().st_size:,} bytes, more than the {bounded_json.MAX_FILE_BYTES:,} a bank "
+                            "file may hold")
         try:
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise BankError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         try:
-            data = json.loads(text)
+            data = bounded_json.loads(text)
         except json.JSONDecodeError as exc:
             raise BankError(f"{p}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
         bank = cls.from_dict(data, source=str(p))

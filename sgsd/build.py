@@ -163,7 +163,11 @@ def resolve_model_spec(model: str) -> str:
     :func:`sgsd.llm.factory.make_client` spec, checked for syntax (nothing is loaded)."""
     from sgsd.llm.factory import parse_spec
 
-    if Path(model).is_dir():
+    try:
+        local = Path(model).is_dir()
+    except OSError:  # e.g. a spec longer than a file name may be: not a directory
+        local = False
+    if local:
         return f"transformers:{Path(model).resolve()}"
     if ":" not in model:
         raise BuildError(f"--model {model!r}: not a local model directory and not a BACKEND:TARGET spec "

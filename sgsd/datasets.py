@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sgsd import bounded_json
+
 __all__ = [
     "ALIASES",
     "BENCHMARKS",
@@ -138,13 +140,16 @@ def _read_rows(p: Path) -> list[tuple[int, Any]]:
         import pyarrow.parquet as pq
 
         return list(enumerate(pq.read_table(p).to_pylist(), start=1))
+    if p.stat().st_size > bounded_json.MAX_FILE_BYTES:
+        raise ProblemFileError(f"{p}: {p.stat().st_size:,} bytes, more than the {bounded_json.MAX_FILE_BYTES:,} a "
+                               "problem file may hold")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ProblemFileError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if p.suffix == ".json":
         try:
-            data = json.loads(text)
+            data = bounded_json.loads(text)
         except json.JSONDecodeError as exc:
             raise ProblemFileError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
         if not isinstance(data, list):
@@ -155,7 +160,7 @@ def _read_rows(p: Path) -> list[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append((lineno, json.loads(line)))
+            rows.append((lineno, bounded_json.loads(line)))
         except json.JSONDecodeError as exc:
             raise ProblemFileError(f"{p}: line {lineno}: invalid JSON: {exc.msg}") from None
     return rows

@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from sgsd.bounded_json import MAX_DEPTH, MAX_REPLY_CHARS, too_deep
 from sgsd.skill_prompts import COLLECTION_FIELDS
 
 __all__ = [
@@ -215,6 +216,8 @@ def extract_json_object(text: str | None, key: str) -> dict[str, Any] | None:
     from its complete list items (``{key: [items...]}``). A reply whose objects carry only
     other keys, or with nothing outside its thinking, gives ``None``.
     """
+    if text and too_deep(text):
+        return None
     return _extract(text, key)[0]
 
 
@@ -262,6 +265,9 @@ def parse_items(text: str | None, kind: str) -> ParsedItems:
     fields = COLLECTION_FIELDS[kind]
     if text is None:
         return ParsedItems([], error="no reply")
+    if too_deep(text):  # json recurses per level: ~1,000 "[" raised RecursionError here
+        return ParsedItems([], error=f"reply longer than {MAX_REPLY_CHARS} characters or nested deeper than "
+                                     f"{MAX_DEPTH} levels")
     obj, truncated = _extract(text, kind)
     if obj is None:
         return ParsedItems([], error=f"no JSON object with key {kind!r} in the reply")

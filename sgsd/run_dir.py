@@ -21,6 +21,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sgsd import bounded_json
 from sgsd.atomic import atomic_write_json
 
 __all__ = ["RunDir", "RunDirError"]
@@ -65,7 +66,7 @@ class RunDir:
         rows = []
         for lineno, line in enumerate(data[:end].decode("utf-8", errors="replace").splitlines(), start=1):
             try:
-                row = json.loads(line)
+                row = bounded_json.loads(line)
             except json.JSONDecodeError as exc:
                 raise RunDirError(f"{path}: line {lineno}: invalid JSON ({exc.msg}); the log is damaged") from None
             if not isinstance(row, dict) or not isinstance(row.get("index"), int):

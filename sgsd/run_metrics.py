@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sgsd import bounded_json
 from sgsd.bank import SkillBank
 from sgsd.evolution import LATEST_NAME
 
@@ -98,7 +99,7 @@ def load_metrics(path: str | os.PathLike[str]) -> dict[int, dict[str, float]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = bounded_json.loads(line)
         except json.JSONDecodeError as exc:
             if lineno == len(lines):  # no newline after it: a write still in progress
                 break

@@ -370,6 +370,16 @@ def test_cli_exits_1_when_nothing_can_be_extracted(tmp_path, data, capsys):
     assert not (out / FILES["bank"]).exists()
 
 
+def test_a_writer_that_nests_a_thousand_lists_is_counted_unparseable_and_a_rerun_finishes(tmp_path, data, capsys):
+    """~1,000 nested "[" crashed the build with a RecursionError, again on every rerun."""
+    out = tmp_path / "out"
+    args = ["bank", "build", "--model", "scripted:" + "[" * 1000, "--data", str(data), "-o", str(out), "-n", "3",
+            "--quiet"]  # (a spec longer than a file name may be was also mistaken for an unwritable output)
+    for _ in range(2):
+        assert main(args) == 1
+        assert "no skill or mistake could be extracted from 3 memories (3 unparseable" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--data", "MISSING"], "no such file, and not a shipped training set (math_train, gsm8k)"),
     (["--data", "mathz"], "'mathz': no such file, and not a shipped training set"),

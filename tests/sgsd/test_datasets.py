@@ -52,6 +52,8 @@ def test_json_list_parquet_question_field_and_numeric_answers(tmp_path):
     ('{"problem": "ok"}\n[1, 2]\n', "line 2: expected a JSON object"),
     ('{"problem": "   "}\n', "line 1: field 'problem' must be a non-empty string"),
     ('{"problem": "ok", "answer": [1]}\n', "line 1: field 'answer' must be a string, got list"),
+    ('{"problem": "ok"}\n{"problem": ' + "[" * 1000 + "]" * 1000 + "}\n",  # was a RecursionError
+     "line 2: invalid JSON: nested deeper than 64 levels"),
 ])
 def test_bad_problem_files_name_the_line(tmp_path, content, message):
     path = tmp_path / "p.jsonl"

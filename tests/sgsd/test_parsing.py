@@ -166,3 +166,20 @@ def test_many_braces_stay_fast():
     noise = "\\frac{a}{b} {x} " * 3000
     reply = noise + _obj("general_skills", [SKILL] * 200) + noise
     assert len(parse_items(reply, "general_skills").items) == 200
+
+
+@pytest.mark.parametrize("reply", [
+    "[" * 1000,  # ~1,000 nested lists crashed merge and build with a RecursionError
+    '{"general_skills": ' + "[" * 1000 + "]" * 1000 + "}",
+    "<think>x</think>" + "{" * 5000,
+    _obj("general_skills", [SKILL]) + " " * 1_000_001,  # longer than any reply the writers produce
+])
+def test_deeply_nested_or_huge_replies_are_a_counted_parse_failure_not_a_crash(reply):
+    parsed = parse_items(reply, "general_skills")
+    assert parsed.items == [] and not parsed.ok and "nested deeper than 64 levels" in parsed.error
+    assert extract_json_object(reply, "general_skills") is None
+
+
+def test_moderate_nesting_still_parses():
+    nested = {"general_skills": [SKILL], "extra": [[[[["deep but fine"]]]]]}
+    assert parse_items(json.dumps(nested), "general_skills").items == [SKILL]

@@ -17,6 +17,8 @@ def test_bank_inspect_human_output_by_shipped_name(capsys):
 
 @pytest.mark.parametrize("content, message", [
     ('{"general_skills": [}', "invalid JSON at line 1"),
+    # ~1,000 nested lists: json's recursion used to end in a RecursionError traceback
+    ('{"general_skills": ' + "[" * 1000 + "]" * 1000 + "}", "invalid JSON at line 1 column 83: nested deeper than 64"),
     ('{"general_skills": [], "common_mistakes": [{"mistake_id": "e1", "description": "d", '
      '"why_it_happens": "w", "how_to_avoid": 3}]}',
      "common_mistakes[0] (id 'e1'): field 'how_to_avoid' must be a string, got int"),
