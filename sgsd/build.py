@@ -59,7 +59,7 @@ from sgsd.bank import CommonMistake, GeneralSkill, SkillBank
 from sgsd.checks import raising
 from sgsd.datasets import BENCHMARKS, TRAIN_SETS, Problem, load_problems, resolve, source_label
 from sgsd.llm.base import Completion, GenerationSettings, LLMClient
-from sgsd.merge import DEFAULT_MERGE_SETTINGS, MergeConfig, merge_bank
+from sgsd.merge import DEFAULT_MERGE_SETTINGS, MergeConfig, ReplyCache, merge_bank
 from sgsd.parsing import parse_items
 from sgsd.records import RolloutRecord, memory_record
 from sgsd.run_dir import RunDir, RunDirError
@@ -179,7 +179,7 @@ def resolve_model_spec(model: str) -> str:
     return model
 
 
-def _model_identity(spec: str) -> str:
+def model_identity(spec: str) -> str:
     """The spec without ``?options`` (device, batch size...) and without URL credentials."""
     if not spec.startswith("scripted:"):
         spec = spec.partition("?")[0]
@@ -198,7 +198,7 @@ def _identity(seeds: SeedSet, spec: str, config: BuildConfig) -> dict[str, Any]:
         return {k: getattr(s, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k", "enable_thinking")}
 
     return {"data_label": seeds.label, "data_sha256": seeds.sha256, "num_problems": len(seeds.rows),
-            "seed": config.seed, "model": _model_identity(spec), "generation": shaping(config.generation),
+            "seed": config.seed, "model": model_identity(spec), "generation": shaping(config.generation),
             "extraction": shaping(config.extraction), "max_completion_chars": config.max_completion_chars}
 
 
@@ -283,7 +283,7 @@ def build_bank(out_dir: str | os.PathLike[str], data: str, model: str, client: L
         try:
             client = make_client(spec)
         except (ImportError, ValueError, TypeError, OSError) as exc:
-            raise BuildError(f"cannot create the LLM client {_model_identity(spec)!r}: {exc}") from None
+            raise BuildError(f"cannot create the LLM client {model_identity(spec)!r}: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     if not identity_saved:
         run.save_identity(identity)
@@ -299,7 +299,7 @@ def build_bank(out_dir: str | os.PathLike[str], data: str, model: str, client: L
     tick = time.perf_counter()
     _extract(run, client, memories, exts, config, counts, progress)
     counts.seconds["extraction"] = time.perf_counter() - tick
-    return _finish(out, client, seeds, spec, gens, exts, config, counts, progress, started)
+    return _finish(out, client, seeds, spec, gens, exts, config, counts, progress, started, ReplyCache(run))
 
 
 def _load_generations(out: Path, rows: list[dict[str, Any]], seeds: SeedSet) -> dict[int, dict[str, Any]]:
@@ -372,7 +372,7 @@ def _extract(run: RunDir, client: LLMClient, memories: dict[int, dict[str, Any]]
 
 def _finish(out: Path, client: LLMClient, seeds: SeedSet, spec: str, gens: dict[int, dict[str, Any]],
             exts: dict[int, dict[str, Any]], config: BuildConfig, counts: _Counts, progress: bool,
-            started: float) -> BuildResult:
+            started: float, cache: ReplyCache | None = None) -> BuildResult:
     """Raw candidates (Alg. 2 lines 9-14), Alg. 3 merge (line 15), metadata; all atomic."""
     candidates: dict[str, list[Any]] = {"general_skills": [], "common_mistakes": []}
     for i in sorted(exts):
@@ -386,7 +386,7 @@ def _finish(out: Path, client: LLMClient, seeds: SeedSet, spec: str, gens: dict[
     raw_path, bank_path = out / FILES["raw"], out / FILES["bank"]
     source = f"{out / FILES['memories']}"
     meta: dict[str, Any] = {
-        "model": _model_identity(spec), "client": _USERINFO.sub(r"\1***@", str(getattr(client, "name", ""))),
+        "model": model_identity(spec), "client": _USERINFO.sub(r"\1***@", str(getattr(client, "name", ""))),
         "data": seeds.label, "data_sha256": seeds.sha256, "num_problems": len(seeds.rows), "seed": config.seed,
         "complete": pending_gen == 0 and pending_ext == 0,
         "counts": {"problems": len(seeds.rows), "generated": len(gens), "successes": successes,
@@ -406,7 +406,7 @@ def _finish(out: Path, client: LLMClient, seeds: SeedSet, spec: str, gens: dict[
                      "merge": dataclasses.asdict(config.merge)},
         "files": dict(FILES),
     }
-    bank = None
+    bank = merged = None
     if any(candidates.values()):
         raw = SkillBank(general_skills=tuple(candidates["general_skills"]),
                         common_mistakes=tuple(candidates["common_mistakes"]),
@@ -419,22 +419,30 @@ def _finish(out: Path, client: LLMClient, seeds: SeedSet, spec: str, gens: dict[
         tick = time.perf_counter()
         merged = merge_bank(raw, client, group_size=config.group_size, patience=config.patience,
                             max_layers=config.max_layers, settings=config.merge, progress=progress,
-                            source=str(raw_path))
+                            source=str(raw_path), cache=cache, batch_size=config.batch_size)
         counts.seconds["merge"] = time.perf_counter() - tick
+        diag = merged.metadata["merge_diagnostics"]
+        merge_failures = sum(diag[k]["request_failures"] for k in _KIND.values())
+        meta["this_run"]["request_failures"]["merge"] = merge_failures
+        meta["counts"]["merge_parse_failures"] = sum(diag[k]["parse_failures"] for k in _KIND.values())
+        meta["counts"]["merged_groups"] = sum(diag[k]["merged_groups"] for k in _KIND.values())
+        meta["complete"] = meta["complete"] and merge_failures == 0  # a rerun retries them (replies are saved)
+        asked = sum(diag[k]["requests"] + diag[k]["reused_replies"] for k in _KIND.values())
+        meta["counts"]["merge_requests"] = asked
+        if asked and not meta["counts"]["merged_groups"]:
+            merged = None  # unmerged candidates are raw_candidates.json, never a bank labelled as merged
+    if any(candidates.values()) and merged is not None:
         bank = merged.with_items(metadata={**merged.metadata, "batch_size": config.batch_size,
                                            "cold_start": {k: meta[k] for k in ("model", "data", "num_problems",
                                                                                "seed")}})
         bank.save(bank_path)
-        diag = merged.metadata["merge_diagnostics"]
-        meta["this_run"]["request_failures"]["merge"] = sum(diag[k]["request_failures"] for k in _KIND.values())
-        meta["counts"]["merge_parse_failures"] = sum(diag[k]["parse_failures"] for k in _KIND.values())
         meta["counts"]["bank"] = {"general_skills": len(bank.general_skills),
                                   "common_mistakes": len(bank.common_mistakes)}
         meta["merge_layers"] = {"general_skills": len(merged.metadata["general_merge_layers"]),
                                 "common_mistakes": len(merged.metadata["common_mistake_merge_layers"])}
-    else:
-        for stale in (raw_path, bank_path):  # never leave a bank that disagrees with build.json
-            stale.unlink(missing_ok=True)
+    else:  # nothing extracted, or a merge that merged nothing: no bank labelled as merged
+        for stale in ((raw_path, bank_path) if not any(candidates.values()) else (bank_path,)):
+            stale.unlink(missing_ok=True)  # never leave a bank that disagrees with build.json
     counts.seconds["total"] = time.perf_counter() - started
     meta["this_run"]["seconds"] = {k: round(v, 3) for k, v in counts.seconds.items()}
     meta["client_stats"] = dataclasses.asdict(client.stats) if hasattr(client, "stats") else {}

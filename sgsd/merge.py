@@ -9,12 +9,18 @@ a single group (the root) or when the counter reaches ``patience``. Exact duplic
 then removed and ids ``gen_001``... / ``err_001``... assigned (static items).
 
 A group KEEPS its original items (Alg. 3 line 6) when its request failed, when the
-reply holds no JSON object with the key, when no item in it is valid, or when it has
-MORE valid items than the group had: a merge may reword and combine but never add, and
+reply holds no JSON object with the key, when no item in it is valid, when it has
+MORE valid items than the group had (a merge may reword and combine but never add, and
 a longer list is a model splitting or inventing items, so it is rejected whole rather
-than cut at an arbitrary item. This also bounds every layer by its input, which makes
-the loop terminate (a shrinking count ends at the root; a flat one at ``patience``);
-``max_layers`` is only a guard.
+than cut at an arbitrary item), or when it keeps fewer than :data:`MIN_KEEP_FRACTION` of
+the group's distinct items (a writer answering every group of 32 with one item collapsed
+575 skills into 1; the released merges keep about half per layer). The first rule also bounds every layer
+by its input, which makes the loop terminate (a shrinking count ends at the root; a flat
+one at ``patience``); ``max_layers`` is only a guard.
+
+Resuming: with a :class:`ReplyCache` every reply the writer gave (text, not a failed
+request) is saved once per request batch, keyed by its prompt; a rerun reuses them, so it
+redoes the layers without asking again and only retries the failed requests.
 
 Duplicates are "exact" after normalisation: two items are the same when all text
 fields agree ignoring case and runs of whitespace; the first one is kept.
@@ -26,6 +32,7 @@ Per-layer statistics have exactly the shape of the shipped banks'
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +49,9 @@ __all__ = [
     "ID_PREFIX",
     "LAYER_KEYS",
     "MergeConfig",
+    "MIN_KEEP_FRACTION",
     "MergeResult",
+    "ReplyCache",
     "hierarchical_merge",
     "merge_bank",
     "resolve_client",
@@ -55,6 +64,41 @@ _ITEM_CLASS = {"general_skills": GeneralSkill, "common_mistakes": CommonMistake}
 
 #: A merge reply of 32 items is ~3k tokens of JSON; thinking off keeps it within budget.
 DEFAULT_MERGE_SETTINGS = GenerationSettings(max_new_tokens=4096, temperature=0.6, top_p=0.95)
+#: A reply must keep at least this share of its group (rounded up) to replace it.
+MIN_KEEP_FRACTION = 1 / 8
+
+
+class ReplyCache:
+    """The writer's replies of a merge, saved in a :class:`sgsd.run_dir.RunDir` log (one JSON
+    line per reply, keyed by the hash of collection, layer and prompt: a stagnant layer asks
+    again, as Alg. 3's patience means) so a rerun asks only for what is missing. Failed
+    requests are never saved."""
+
+    LOG = "merge_replies.jsonl"
+
+    def __init__(self, run) -> None:  # run: sgsd.run_dir.RunDir
+        self.run = run
+        self.replies = {row["key"]: row["text"] for row in run.read_log(self.LOG)
+                        if isinstance(row.get("key"), str) and isinstance(row.get("text"), str)}
+        self.reused = 0
+
+    @staticmethod
+    def key(kind: str, layer: int, prompt: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(f"{kind}\0{layer}\0{prompt}".encode("utf-8", "surrogatepass")).hexdigest()
+
+    def get(self, kind: str, layer: int, prompt: str) -> str | None:
+        return self.replies.get(self.key(kind, layer, prompt))
+
+    def add(self, kind: str, layer: int, pairs: Sequence[tuple[str, str]]) -> None:
+        rows = []
+        for prompt, text in pairs:
+            key = self.key(kind, layer, prompt)
+            if key not in self.replies:
+                self.replies[key] = text
+                rows.append({"index": len(self.replies) - 1, "key": key, "text": text})
+        self.run.append_log(self.LOG, rows)
 
 
 @dataclass(frozen=True)
@@ -82,6 +126,10 @@ class MergeResult:
     parse_failures: int = 0  # replies with no usable item (no object, or zero valid items)
     request_failures: int = 0  # requests the client gave up on (Completion.text is None)
     growth_rejections: int = 0  # replies with more items than their group (kept the group)
+    collapse_rejections: int = 0  # replies keeping fewer than MIN_KEEP_FRACTION of their group
+    merged_groups: int = 0  # groups a reply replaced
+    reused_replies: int = 0  # replies taken from the ReplyCache instead of asked for
+    first_error: str | None = None  # the first failed request's error, for the terminal
     dropped_items: int = 0  # invalid items dropped from replies that were used
     duplicates_removed: int = 0
     input_items: int = 0
@@ -99,6 +147,10 @@ class MergeResult:
             "parse_failures": self.parse_failures,
             "request_failures": self.request_failures,
             "growth_rejections": self.growth_rejections,
+            "collapse_rejections": self.collapse_rejections,
+            "merged_groups": self.merged_groups,
+            "reused_replies": self.reused_replies,
+            "first_error": self.first_error,
             "dropped_items": self.dropped_items,
             "duplicates_removed": self.duplicates_removed,
         }
@@ -129,6 +181,8 @@ def hierarchical_merge(
     max_layers: int = 64,
     settings: GenerationSettings | None = None,
     progress: bool = True,
+    cache: ReplyCache | None = None,
+    batch_size: int | None = None,
 ) -> MergeResult:
     """Merge one collection (``general_skills`` or ``common_mistakes``) with Alg. 3.
 
@@ -136,6 +190,8 @@ def hierarchical_merge(
     ``layers`` has one entry per layer (keys :data:`LAYER_KEYS`); its last entry's
     ``stopped_reason`` is ``root_group_reached``, ``stagnation_patience_reached`` or, only
     if the ``max_layers`` guard fired, ``max_layers_reached``. An empty input runs no layer.
+    ``batch_size`` prompts go to the writer per ``generate`` call (default: a whole layer);
+    with a ``cache`` each call's replies are saved before the next.
     """
     if kind not in COLLECTION_FIELDS:
         raise ValueError(f"unknown collection {kind!r}; expected one of {tuple(COLLECTION_FIELDS)}")
@@ -152,7 +208,8 @@ def hierarchical_merge(
         while current:
             layer_index = len(result.layers)
             groups = [current[i:i + group_size] for i in range(0, len(current), group_size)]
-            merged, detail = _merge_layer(groups, kind, client, settings, group_size, fields, result)
+            merged, detail = _merge_layer(groups, kind, client, settings, group_size, fields, result, cache,
+                                          batch_size, layer_index)
             stagnant = 0 if len(merged) < len(current) else stagnant + 1
             if len(groups) == 1:
                 reason: str | None = "root_group_reached"
@@ -201,19 +258,17 @@ def _merge_layer(
     group_size: int,
     fields: tuple[str, ...],
     result: MergeResult,
+    cache: ReplyCache | None = None,
+    batch_size: int | None = None,
+    layer: int = 0,
 ) -> tuple[list[dict[str, str]], dict[str, int]]:
-    """One layer: one batched request for all multi-item groups; returns items and counts."""
+    """One layer: the multi-item groups' prompts to the writer (cached replies reused);
+    returns items and counts."""
     todo = [g for g in groups if len(g) > 1]
     prompts = [merge_prompt(g, kind, group_size=group_size) for g in todo]
-    replies: list[Completion] = list(client.generate(prompts, settings)) if prompts else []
-    if len(replies) != len(prompts):
-        # A client that breaks the one-reply-per-prompt contract must not shift replies
-        # onto the wrong groups: nothing of this layer is trusted.
-        error = f"client returned {len(replies)} replies for {len(prompts)} prompts"
-        replies = [Completion(None, error=error)] * len(prompts)
-    result.requests += len(prompts)
+    replies = _ask(prompts, kind, layer, client, settings, result, cache, batch_size)
     detail = {"merged_groups": 0, "kept_groups": 0, "request_failures": 0, "parse_failures": 0,
-              "growth_rejections": 0}
+              "growth_rejections": 0, "collapse_rejections": 0}
     merged: list[dict[str, str]] = []
     pending = iter(replies)
     for group in groups:
@@ -231,7 +286,40 @@ def _merge_layer(
     result.request_failures += detail["request_failures"]
     result.parse_failures += detail["parse_failures"]
     result.growth_rejections += detail["growth_rejections"]
+    result.collapse_rejections += detail["collapse_rejections"]
+    result.merged_groups += detail["merged_groups"]
     return merged, detail
+
+
+def _ask(prompts: list[str], kind: str, layer: int, client: LLMClient, settings: GenerationSettings,
+         result: MergeResult, cache: ReplyCache | None, batch_size: int | None) -> list[Completion]:
+    """A reply per prompt: from ``cache`` when it has one, else from the writer in batches."""
+    replies: list[Completion | None] = [None] * len(prompts)
+    missing = []
+    for i, prompt in enumerate(prompts):
+        saved = cache.get(kind, layer, prompt) if cache is not None else None
+        if saved is None:
+            missing.append(i)
+        else:
+            replies[i] = Completion(saved)
+            result.reused_replies += 1
+    size = batch_size or len(missing) or 1
+    for start in range(0, len(missing), size):
+        batch = missing[start:start + size]
+        got = list(client.generate([prompts[i] for i in batch], settings))
+        if len(got) != len(batch):
+            # A client that breaks the one-reply-per-prompt contract must not shift replies
+            # onto the wrong groups: nothing of this batch is trusted.
+            error = f"client returned {len(got)} replies for {len(batch)} prompts"
+            got = [Completion(None, error=error)] * len(batch)
+        result.requests += len(batch)
+        for i, reply in zip(batch, got):
+            replies[i] = reply
+            if reply.text is None and result.first_error is None:
+                result.first_error = reply.error or "no reply"
+        if cache is not None:
+            cache.add(kind, layer, [(prompts[i], reply.text) for i, reply in zip(batch, got) if reply.text is not None])
+    return replies  # type: ignore[return-value]
 
 
 def _group_outcome(
@@ -245,6 +333,9 @@ def _group_outcome(
         return "parse_failures", None, 0
     if len(parsed.items) > len(group):
         return "growth_rejections", None, 0
+    distinct = len({_dedupe_key(item, fields) for item in group})  # copies of one item may become one
+    if len(parsed.items) < math.ceil(distinct * MIN_KEEP_FRACTION):
+        return "collapse_rejections", None, 0
     return "merged_groups", [{name: item[name] for name in fields} for item in parsed.items], parsed.dropped
 
 
@@ -258,6 +349,8 @@ def merge_bank(
     settings: GenerationSettings | None = None,
     progress: bool = True,
     source: str | None = None,
+    cache: ReplyCache | None = None,
+    batch_size: int | None = None,
 ) -> SkillBank:
     """Merge both collections of a raw candidate bank into a bank in the shipped layout.
 
@@ -268,12 +361,16 @@ def merge_bank(
     settings = settings or DEFAULT_MERGE_SETTINGS
     results = {
         kind: hierarchical_merge(raw_bank.items(kind), kind, client, group_size=group_size, patience=patience,
-                                 max_layers=max_layers, settings=settings, progress=progress)
+                                 max_layers=max_layers, settings=settings, progress=progress, cache=cache,
+                                 batch_size=batch_size)
         for kind in ("general_skills", "common_mistakes")
     }
     general, mistakes = results["general_skills"], results["common_mistakes"]
+    failed = general.request_failures + mistakes.request_failures
+    partial = f" (partial: {failed} failed requests kept their groups unmerged)" if failed else ""
     metadata: dict[str, Any] = {
-        "source": f"hierarchical merge from {source or raw_bank.source} using {getattr(client, 'name', client)}",
+        "source": f"hierarchical merge from {source or raw_bank.source} using {getattr(client, 'name', client)}"
+                  + partial,
         "merge_group_size": group_size,
         "merge_stagnation_patience": patience,
         "input_general_skills": general.input_items,

@@ -64,25 +64,76 @@ def _with(settings, **overrides):
 
 
 def cmd_bank_merge(args: argparse.Namespace) -> int:
-    from sgsd import merge
+    """Alg. 3 on raw candidates. 0: merged; 1: nothing merged (no output written) or some
+    requests failed (output written, their groups unmerged: rerun to retry them); 130:
+    interrupted, every reply so far kept in the run folder."""
+    import hashlib
 
+    from sgsd import merge
+    from sgsd.build import model_identity
+    from sgsd.run_dir import RunDir, RunDirError
+
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+        raise CLIError(f"--timeout must be a finite number of seconds > 0, got {args.timeout}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     with flag_errors():  # before anything is loaded
         config = merge.MergeConfig(group_size=args.group_size, patience=args.patience, max_layers=args.max_layers)
         settings = _with(merge.DEFAULT_MERGE_SETTINGS, enable_thinking=args.thinking,
-                         max_new_tokens=args.max_new_tokens, temperature=args.temperature)
-    raw = SkillBank.load(resolve(args.raw, "bank"))
+                         max_new_tokens=args.max_new_tokens, temperature=args.temperature, timeout_s=args.timeout)
+    raw_path = resolve(args.raw, "bank")
+    raw = SkillBank.load(raw_path)
     try:
         client = merge.resolve_client(args.llm)  # looked up on the module: tests replace it
     except (ImportError, ValueError, OSError) as exc:
         raise CLIError(f"cannot create the LLM client {args.llm!r}: {exc}") from exc
-    bank = merge.merge_bank(raw, client, **dataclasses.asdict(config), settings=settings, progress=not args.quiet)
+    run_dir = Path(args.run_dir) if args.run_dir else Path(args.output).with_suffix(".merge")
+    identity = {"job": "bank merge", "raw_sha256": hashlib.sha256(Path(raw_path).read_bytes()).hexdigest(),
+                "writer": model_identity(args.llm)}
+    try:
+        run = RunDir(run_dir, "merge.json", what="bank merge")
+        cache = merge.ReplyCache(run)
+        if not run.check_identity(identity, has_records=bool(cache.replies)):
+            run.save_identity(identity)
+    except RunDirError as exc:
+        raise CLIError(str(exc)) from None
+    except OSError as exc:
+        raise CLIError(f"cannot write {run_dir}: {exc}") from None
+    try:
+        bank = merge.merge_bank(raw, client, **dataclasses.asdict(config), settings=settings,
+                                progress=not args.quiet, cache=cache, batch_size=args.batch_size)
+    except KeyboardInterrupt:
+        print(f"sgsd: interrupted; {len(cache.replies)} replies are saved in {run_dir}: rerun the same command "
+              "to continue", file=sys.stderr)
+        return 130
+    meta = bank.metadata
+    diag = [meta["merge_diagnostics"][kind] for kind in ("general_skills", "common_mistakes")]
+    total = {key: sum(d[key] for d in diag) for key in ("requests", "request_failures", "parse_failures",
+                                                          "growth_rejections", "collapse_rejections", "merged_groups",
+                                                          "reused_replies")}
+    error = next((d["first_error"] for d in diag if d["first_error"]), None)
+    failed = total["request_failures"]
+    asked = total["requests"] + total["reused_replies"]
+    why = (f"{failed} of {asked} requests failed" + (f" ({error})" if error else "")
+           + f", {total['parse_failures']} replies unparseable, {total['collapse_rejections']} lost most of their "
+           f"group, {total['growth_rejections']} grew it")
+    if asked and not total["merged_groups"]:
+        print(f"sgsd: error: nothing was merged: {why}; {args.output} not written (the items would not be a "
+              f"merge); the writer's replies are saved in {run_dir}", file=sys.stderr)
+        return 1
     try:
         bank.save(args.output)
     except OSError as exc:
         raise CLIError(f"cannot write {args.output}: {exc}") from exc
-    meta = bank.metadata
     print(f"{args.output}: general_skills {meta['input_general_skills']} -> {meta['output_general_skills']}, "
-          f"common_mistakes {meta['input_common_mistakes']} -> {meta['output_common_mistakes']}")
+          f"common_mistakes {meta['input_common_mistakes']} -> {meta['output_common_mistakes']}"
+          f" ({total['merged_groups']} groups merged)")
+    if failed:
+        print(f"sgsd: warning: partial merge: {why}; their groups were kept unmerged; rerun the same command to "
+              "retry the failed requests", file=sys.stderr)
+        return 1
+    if total["parse_failures"] or total["collapse_rejections"] or total["growth_rejections"]:
+        print(f"sgsd: warning: {why}; those groups were kept unmerged", file=sys.stderr)
     return 0
 
 
@@ -115,12 +166,19 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
               "rerun the same command to continue", file=sys.stderr)
         return 130
     c = result.metadata["counts"]
-    retry = c["pending_generations"] + c["pending_extractions"]
+    merge_failed = result.metadata["this_run"]["request_failures"].get("merge", 0)
+    retry = c["pending_generations"] + c["pending_extractions"] + merge_failed
     note = f"; {retry} failed requests: rerun the same command to retry them" if retry else ""
     if result.bank is None:
-        what = (f"no skill or mistake could be extracted from {c['generated']} memories "
-                f"({c['extraction_parse_failures']} unparseable replies)" if c["generated"] else
-                "no solution could be generated")
+        if sum(c["candidates"].values()):
+            what = (f"nothing was merged ({merge_failed} of {c['merge_requests']} merge requests failed, "
+                    f"{c['merge_parse_failures']} replies unparseable); the unmerged candidates are "
+                    f"{build.FILES['raw']}")
+        elif c["generated"]:
+            what = (f"no skill or mistake could be extracted from {c['generated']} memories "
+                    f"({c['extraction_parse_failures']} unparseable replies)")
+        else:
+            what = "no solution could be generated"
         print(f"sgsd: error: {what}{note}; memories and build.json are in {args.output}", file=sys.stderr)
         return 1
     done = "already complete, nothing to do: " if result.already_complete else ""
@@ -131,6 +189,10 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
     if empty:
         print(f"sgsd: warning: the bank has no {' and no '.join(empty)}; SGSD needs at least one skill and one "
               "mistake to form a teacher", file=sys.stderr)
+    if retry:
+        print(f"sgsd: warning: partial build: {retry} requests failed ({merge_failed} of them merge requests, "
+              "whose groups were kept unmerged); rerun the same command to retry them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -153,6 +215,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     merge.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0.6)")
     merge.add_argument("--max-new-tokens", type=int, default=None, help="tokens per reply (default 4096)")
     merge.add_argument("--thinking", action="store_true", help="let the model think first (raise --max-new-tokens)")
+    merge.add_argument("--timeout", type=float, default=None,
+                       help="seconds per request attempt before it counts as failed (default 300)")
+    merge.add_argument("--batch-size", type=int, default=8,
+                       help="merge requests per writer call; each call's replies are saved before the next (8)")
+    merge.add_argument("--run-dir", default=None,
+                       help="folder of saved replies, so a rerun continues (default: OUTPUT without .json + .merge)")
     merge.add_argument("--quiet", action="store_true", help="no progress bar")
     merge.set_defaults(func=cmd_bank_merge)
     build = bank_sub.add_parser("build", help="build a cold-start bank from a model's own solutions (paper Alg. 2)")

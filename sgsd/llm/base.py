@@ -41,6 +41,9 @@ class GenerationSettings:
         check("temperature", self.temperature, self.temperature >= 0, ">= 0")
         check("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]")
         check("top_k", self.top_k, self.top_k == -1 or self.top_k >= 1, "-1 (off) or >= 1")
+        check("timeout_s", self.timeout_s, isinstance(self.timeout_s, (int, float)) and 0 <= self.timeout_s < float("inf"),
+              "0 (no limit) or a finite number of seconds")
+        check_int("max_retries", self.max_retries, 0)
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,9 @@ def test_failed_requests_are_retried_on_rerun_and_garbage_is_counted(tmp_path, d
 
     result = _build(tmp_path / "out", data, Solver(fail=fail, garbage=garbage))
     meta = result.metadata
-    assert not result.complete and result.bank is not None
+    # every merge reply was garbage: nothing merged, so no bank.json (the candidates are raw_candidates.json)
+    assert not result.complete and result.bank is None and meta["counts"]["merged_groups"] == 0
+    assert (tmp_path / "out" / FILES["raw"]).exists() and not (tmp_path / "out" / FILES["bank"]).exists()
     assert meta["counts"]["pending_generations"] == 2 and meta["counts"]["generated"] == 6
     assert meta["this_run"]["request_failures"]["generation"] == 2
     assert meta["counts"]["extraction_parse_failures"] == 1  # saved as done, counted
@@ -270,6 +272,7 @@ def test_failed_requests_are_retried_on_rerun_and_garbage_is_counted(tmp_path, d
     result = _build(tmp_path / "out", data, retry)
     assert retry.answered["generation"] == 2 and retry.answered["skills"] + retry.answered["mistakes"] == 2
     assert result.complete and result.metadata["counts"]["extraction_parse_failures"] == 1
+    assert result.bank is not None and result.metadata["counts"]["merged_groups"] > 0
 
 
 def test_no_extractable_item_writes_memories_and_metadata_but_no_bank(tmp_path, data, capsys):
@@ -368,6 +371,34 @@ def test_cli_exits_1_when_nothing_can_be_extracted(tmp_path, data, capsys):
     assert "no skill or mistake could be extracted from 3 memories (3 unparseable" in captured.err
     assert (out / FILES["memories"]).exists() and (out / FILES["build"]).exists()
     assert not (out / FILES["bank"]).exists()
+
+
+def test_cli_build_whose_merge_writer_fails_says_so_and_exits_1(tmp_path, data, capsys, monkeypatch):
+    """Every merge reply unusable: no bank.json (it would not be a merge); some merge requests
+    failing: the bank is written, the build is partial (exit 1) and a rerun retries them."""
+    from sgsd.llm import factory
+
+    args = ["bank", "build", "--model", "scripted:x", "--data", str(data), "-o", str(tmp_path / "out"), "-n", "8",
+            "--quiet"]
+    monkeypatch.setattr(factory, "make_client", lambda spec: _client(Solver(garbage=lambda k, p: k == "merge")))
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "sgsd: error: nothing was merged (0 of" in err and "the unmerged candidates are raw_candidates.json" in err
+    assert not (tmp_path / "out" / FILES["bank"]).exists()
+
+    calls = {"n": 0}
+
+    def fail_first_merge(kind, prompt):
+        calls["n"] += kind == "merge"
+        return kind == "merge" and calls["n"] == 1
+
+    out2 = tmp_path / "out2"
+    monkeypatch.setattr(factory, "make_client", lambda spec: _client(Solver(fail=fail_first_merge)))
+    assert main([*args[:7], str(out2), *args[8:]]) == 1
+    captured = capsys.readouterr()
+    assert (out2 / FILES["bank"]).exists() and "sgsd: warning: partial build: 1 requests failed" in captured.err
+    monkeypatch.setattr(factory, "make_client", lambda spec: _client(Solver()))
+    assert main([*args[:7], str(out2), *args[8:]]) == 0
 
 
 def test_a_writer_that_nests_a_thousand_lists_is_counted_unparseable_and_a_rerun_finishes(tmp_path, data, capsys):

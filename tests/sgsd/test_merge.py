@@ -71,6 +71,10 @@ def _reply(mode: str, kind: str, items: list[dict]) -> Completion:
         return Completion(_model_json(kind, items + [extra]))
     if mode == "wrongkey":
         return Completion(_model_json("skills", half))
+    if mode == "collapse":  # one item for the whole group
+        return Completion(_model_json(kind, half[:1]))
+    if mode == "nested":  # ~1,000 nested lists (was a RecursionError)
+        return Completion("[" * 1000)
     raise AssertionError(mode)
 
 
@@ -296,8 +300,9 @@ def test_cli_bank_merge_writes_a_valid_bank(tmp_path, monkeypatch, capsys):
     assert "merge general_skills" in captured.err  # the progress bar over layers
     bank = SkillBank.load(out, require_nonempty=True)
     meta = bank.metadata
+    merged = sum(meta["merge_diagnostics"][k]["merged_groups"] for k in ("general_skills", "common_mistakes"))
     assert captured.out.strip() == (f"{out}: general_skills 350 -> {meta['output_general_skills']}, "
-                                    f"common_mistakes 110 -> {meta['output_common_mistakes']}")
+                                    f"common_mistakes 110 -> {meta['output_common_mistakes']} ({merged} groups merged)")
     assert meta["merge_group_size"] == 16 and meta["merge_stagnation_patience"] == 2
     assert meta["source"] == f"hierarchical merge from {RAW_PATH} using merge-double"
     assert meta["merge_diagnostics"]["settings"]["temperature"] == 0.3
@@ -313,6 +318,9 @@ def test_cli_bank_merge_writes_a_valid_bank(tmp_path, monkeypatch, capsys):
     ([str(RAW_PATH), "-o", "OUT"], "cannot create the LLM client 'bad:spec': unknown backend"),
     ([str(RAW_PATH), "-o", "OUT", "--max-layers", "0"], "--max-layers must be >= 1, got 0"),
     ([str(RAW_PATH), "-o", "OUT", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+    ([str(RAW_PATH), "-o", "OUT", "--timeout", "0"], "--timeout must be a finite number of seconds > 0, got 0.0"),
+    ([str(RAW_PATH), "-o", "OUT", "--timeout", "inf"], "--timeout must be a finite number of seconds > 0, got inf"),
+    ([str(RAW_PATH), "-o", "OUT", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["MISSING", "-o", "OUT", "--group-size", "1"], "--group-size must be >= 2, got 1"),  # refused before loading
 ])
 def test_cli_bank_merge_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
@@ -326,6 +334,107 @@ def test_cli_bank_merge_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, c
     lines = captured.err.strip().splitlines()
     assert captured.out == "" and len(lines) == 1 and message in lines[0]
     assert not (tmp_path / "OUT").exists()
+
+
+# ----------------------------------------------------------------------------- failing writers
+def _run_cli(tmp_path, monkeypatch, double, *extra):
+    monkeypatch.setattr(merge_mod, "resolve_client", lambda spec: double)
+    out = tmp_path / "merged.json"
+    code = main(["bank", "merge", str(RAW_PATH), "--llm", "openai:http://127.0.0.1:9/v1#m", "-o", str(out),
+                 "--quiet", *extra])
+    return code, out
+
+
+def test_a_writer_that_fails_every_request_merges_nothing_and_says_so(tmp_path, monkeypatch, capsys):
+    """Connection refused / HTTP 500 on every request: was exit 0 and 'general_skills 575 -> 575'."""
+    code, out = _run_cli(tmp_path, monkeypatch, MergeDouble(lambda *_: "fail"))
+    captured = capsys.readouterr()
+    assert code == 1 and not out.exists() and captured.out == ""
+    assert "sgsd: error: nothing was merged: 45 of 45 requests failed (timeout)" in captured.err
+    assert f"{out} not written" in captured.err
+
+
+@pytest.mark.parametrize("mode", ["garbage", "nested", "collapse"])
+def test_a_writer_whose_every_reply_is_unusable_merges_nothing(tmp_path, monkeypatch, capsys, mode):
+    code, out = _run_cli(tmp_path, monkeypatch, MergeDouble(lambda *_: mode))
+    err = capsys.readouterr().err
+    assert code == 1 and not out.exists() and "nothing was merged" in err
+    # 15 groups (11 skill, 4 mistake), asked again in each of the 3 stagnant layers (patience)
+    unusable = "45 lost most of their group" if mode == "collapse" else "45 replies unparseable"
+    assert unusable in err
+
+
+def test_a_reply_keeping_one_item_of_a_large_group_is_rejected_not_a_collapse(raw):
+    """A writer answering every group with a one-item list collapsed 575 skills into 1."""
+    result = hierarchical_merge(raw.general_skills, "general_skills", MergeDouble(lambda *_: "collapse"),
+                                progress=False)
+    assert len(result.items) == len(raw.general_skills) and result.collapse_rejections == result.requests
+    assert result.merged_groups == 0
+    # small groups may merge to one item: 4 items -> 1 keeps more than 1/8
+    small = hierarchical_merge(raw.general_skills[:4], "general_skills", MergeDouble(lambda *_: "collapse"),
+                               progress=False)
+    assert len(small.items) == 1 and small.merged_groups == 1
+
+
+def test_some_failed_requests_make_a_partial_merge_labelled_as_such(tmp_path, monkeypatch, capsys):
+    code, out = _run_cli(tmp_path, monkeypatch, MergeDouble(by_content({"merge": 2, "fail": 1})))
+    captured = capsys.readouterr()
+    assert code == 1 and out.exists()
+    assert "sgsd: warning: partial merge:" in captured.err and "requests failed (timeout)" in captured.err
+    assert "rerun the same command to retry the failed requests" in captured.err
+    assert "(partial:" in SkillBank.load(out).metadata["source"]
+
+
+def test_a_rerun_reuses_every_saved_reply_and_asks_only_for_the_failed_ones(tmp_path, monkeypatch, capsys):
+    first = MergeDouble(by_content({"merge": 2, "fail": 1}))
+    assert _run_cli(tmp_path, monkeypatch, first)[0] == 1
+    asked_first = len(first.log)
+    saved = (tmp_path / "merged.merge" / "merge_replies.jsonl").read_text().splitlines()
+    assert len(saved) == sum(1 for mode, _, _ in first.log if mode != "fail")  # failures are not saved
+    capsys.readouterr()
+    second = MergeDouble(lambda *_: "merge")  # the writer is back
+    code, out = _run_cli(tmp_path, monkeypatch, second)
+    assert code == 0
+    meta = SkillBank.load(out).metadata
+    reused = sum(meta["merge_diagnostics"][k]["reused_replies"] for k in ("general_skills", "common_mistakes"))
+    assert reused > 0 and "(partial:" not in meta["source"]
+    answered = [items for mode, _, items in first.log if mode != "fail"]
+    assert not any(items in answered for _, _, items in second.log)  # no saved reply asked for again
+    assert len(second.log) < asked_first
+
+
+def test_ctrl_c_exits_130_and_keeps_every_reply_received(tmp_path, monkeypatch, capsys):
+    class Interrupting(MergeDouble):
+        def generate(self, prompts, settings=None):
+            if len(self.batches) == 2:
+                raise KeyboardInterrupt
+            return super().generate(prompts, settings)
+
+    double = Interrupting(lambda *_: "merge")
+    code, out = _run_cli(tmp_path, monkeypatch, double, "--batch-size", "4")
+    err = capsys.readouterr().err
+    assert code == 130 and not out.exists()
+    assert "sgsd: interrupted; 8 replies are saved in" in err and "Traceback" not in err
+    again = MergeDouble(lambda *_: "merge")
+    assert _run_cli(tmp_path, monkeypatch, again)[0] == 0
+    assert not any(items in [i for _, _, i in again.log] for _, _, items in double.log)  # none asked twice
+
+
+def test_the_timeout_reaches_the_writer_and_another_writer_is_refused_in_the_same_run_dir(tmp_path, monkeypatch,
+                                                                                         capsys):
+    seen = []
+
+    class Recording(MergeDouble):
+        def generate(self, prompts, settings=None):
+            seen.append(settings.timeout_s)
+            return super().generate(prompts, settings)
+
+    assert _run_cli(tmp_path, monkeypatch, Recording(lambda *_: "merge"), "--timeout", "12.5")[0] == 0
+    assert set(seen) == {12.5}
+    monkeypatch.setattr(merge_mod, "resolve_client", lambda spec: MergeDouble(lambda *_: "merge"))
+    assert main(["bank", "merge", str(RAW_PATH), "--llm", "openai:http://other:8000/v1#m2", "-o",
+                 str(tmp_path / "merged.json"), "--quiet"]) == 2
+    assert "holds another bank merge (writer" in capsys.readouterr().err
 
 
 def test_merge_modules_import_without_heavy_libraries():
