@@ -28,9 +28,11 @@ batch, flushed and fsync'ed, so a crash or Ctrl-C loses at most the batch in fli
 rerunning the same command skips what is saved. A torn last line (a crash mid-write) is
 cut off on the next start. A request the client
 gave up on is NOT saved - the rerun retries it - and is counted; an extraction reply
-that cannot be parsed IS saved (with no items) and counted as a parse failure. Merging
-is not saved piecemeal: it is redone whenever generations or extractions were added, and
-a rerun of a finished build does nothing. ``run.json`` holds everything that shapes the
+that cannot be parsed IS saved (with no items) and counted as a parse failure. Merging is
+redone whenever generations or extractions were added, reusing every merge reply saved in
+``merge_replies.jsonl`` (:class:`sgsd.merge.ReplyCache`: only failed and new requests are
+asked); a merge that merged nothing leaves no ``bank.json``; a rerun of a finished build
+does nothing. ``run.json`` holds everything that shapes the
 saved records (data content hash, N, seed, model spec without its ``?options``,
 generation and extraction settings, completion cut); a rerun that differs is refused,
 naming each difference. Batch size, merge settings and per-memory limits may change.
