@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sgsd.bounded_json import MAX_DEPTH, MAX_REPLY_CHARS, too_deep
+from sgsd.plain_text import plain_text
 from sgsd.skill_prompts import COLLECTION_FIELDS
 
 __all__ = [
@@ -242,8 +243,9 @@ class ParsedItems:
 def _clean_field(value: Any, name: str) -> str | None:
     if not isinstance(value, str):
         return None
-    # One line per field: the teacher prompt renders each field inside a markdown bullet.
-    text = _WS.sub(" ", value).strip()
+    # One line per field: the teacher prompt renders each field inside a markdown bullet; a
+    # chat-control marker a model wrote stays text (sgsd.plain_text).
+    text = plain_text(_WS.sub(" ", value).strip())
     if not text:
         return None
     limit = FIELD_MAX_CHARS.get(name, DEFAULT_MAX_CHARS)

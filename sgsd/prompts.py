@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sgsd.bank import CommonMistake, GeneralSkill
+from sgsd.plain_text import added_token_strings, plain_text
 
 __all__ = [
     "ANSWER_INSTRUCTION",
@@ -59,7 +60,7 @@ EMPTY_THINK = "<think>\n\n</think>\n\n"
 
 def student_prompt(problem: str) -> str:
     """The plain prompt the student samples from (and is evaluated on)."""
-    return "Problem: " + problem.strip() + "\n\n" + ANSWER_INSTRUCTION
+    return "Problem: " + plain_text(problem.strip()) + "\n\n" + ANSWER_INSTRUCTION
 
 
 def guidance_block(
@@ -68,7 +69,8 @@ def guidance_block(
     *,
     reference_answer: str | None = None,
 ) -> str:
-    """The privileged-information block: header, principles, mistakes, optional answer."""
+    """The privileged-information block: header, principles, mistakes, optional answer
+    (every text of a bank item and the answer as plain text, :mod:`sgsd.plain_text`)."""
     parts = [GUIDANCE_HEADER]
     if skills:
         lines = ["### General Principles"]
@@ -82,10 +84,11 @@ def guidance_block(
             lines.append("- Don't: " + m.description)
             lines.append("  Instead: " + m.how_to_avoid)
         parts.append("\n".join(lines))
+    parts = [parts[0], *(plain_text(p) for p in parts[1:])]  # the item texts, not our headers
     if reference_answer is not None:
         # OPSD-style answer PI (paper Sec. 4 baselines and Fig. 3d): the verified final
         # answer, never shown to the student.
-        parts.append(REFERENCE_HEADER + "\nThe verified final answer is: " + reference_answer.strip())
+        parts.append(REFERENCE_HEADER + "\nThe verified final answer is: " + plain_text(reference_answer.strip()))
     return "\n\n".join(parts)
 
 
@@ -138,7 +141,8 @@ def apply_chat(tokenizer: Any, user_content: str, fmt: ChatFormat) -> str:
     messages = []
     if fmt.system_prompt:
         messages.append({"role": "system", "content": fmt.system_prompt})
-    messages.append({"role": "user", "content": user_content})
+    # the user message never carries one of this tokenizer's own control tokens
+    messages.append({"role": "user", "content": plain_text(user_content, added_token_strings(tokenizer))})
     text = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True, enable_thinking=fmt.enable_thinking
     )

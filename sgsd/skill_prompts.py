@@ -24,6 +24,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from sgsd.plain_text import plain_text
+
 __all__ = [
     "COLLECTION_FIELDS",
     "Kind",
@@ -56,8 +58,9 @@ def _check_kind(kind: str) -> tuple[str, ...]:
 
 
 def memory_json(memory: Mapping[str, Any]) -> str:
-    """A memory record as the pretty-printed JSON the extraction prompts embed."""
-    return json.dumps(dict(memory), indent=2, ensure_ascii=False)
+    """A memory record as the pretty-printed JSON the extraction prompts embed (plain text:
+    a control marker in a problem or completion is broken, :mod:`sgsd.plain_text`)."""
+    return plain_text(json.dumps(dict(memory), indent=2, ensure_ascii=False))
 
 
 def _text_fields(item: Any, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -73,7 +76,7 @@ def items_json(items: Sequence[Any], kind: str) -> str:
     not to mention source memories, and ids invite it to copy or cite them.
     """
     fields = _check_kind(kind)
-    return json.dumps([_text_fields(item, fields) for item in items], indent=2, ensure_ascii=False)
+    return plain_text(json.dumps([_text_fields(item, fields) for item in items], indent=2, ensure_ascii=False))
 
 
 def output_schema_line(kind: str) -> str:
@@ -93,7 +96,7 @@ MEMORY_GENERATION_HEADER = (
 
 def memory_generation_prompt(problem: str) -> str:
     """Tab. 6: the prompt a cold-start memory's completion is sampled from."""
-    return MEMORY_GENERATION_HEADER + "\n\nProblem: " + problem.strip()
+    return MEMORY_GENERATION_HEADER + "\n\nProblem: " + plain_text(problem.strip())
 
 
 # --------------------------------------------------------------- Tab. 7 / 8
