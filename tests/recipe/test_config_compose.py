@@ -133,3 +133,55 @@ def test_a_skill_writer_on_the_trainers_gpus_is_refused_at_start(writer, refused
         assert prepare_config(cfg).sgsd["update"].writer == writer  # (DictConfig.update is a method)
     # a run without online updates builds no writer at all
     prepare_config(compose_sgsd([f'sgsd.update.writer="{writer}"', "sgsd.update.enable=false"]))
+
+
+# ----------------------------------------------------------------------------- inputs checked at start
+def _bank_variants(tmp_path, shipped_bank):
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text(shipped_bank.to_dict().__repr__()[:200])
+    no_mistakes = tmp_path / "no_mistakes.json"
+    shipped_bank.with_items(common_mistakes=()).save(no_mistakes)
+    return {"missing": (tmp_path / "nope.json", "skill bank file not found"),
+            "truncated": (truncated, "invalid JSON"),
+            "no_mistakes": (no_mistakes, "")}
+
+
+@pytest.mark.parametrize("which", ["missing", "truncated", "no_mistakes"])
+def test_a_bank_that_cannot_serve_is_refused_before_any_worker(tmp_path, shipped_bank, which):
+    """Failed after 98 s on CPU, once Ray and the workers had started."""
+    from recipe.sgsd.main_sgsd import prepare_config
+
+    path, message = _bank_variants(tmp_path, shipped_bank)[which]
+    with pytest.raises(ConfigError, match=rf"sgsd\.bank_path='{path}': .*{message}"):
+        prepare_config(compose_sgsd([f"sgsd.bank_path={path}"]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sgsd.update.writer=bogus:spec", r"sgsd\.update\.writer='bogus:spec': .*bogus"),
+    ("sgsd.encoder=/nonexistent/encoder", r"sgsd\.encoder='/nonexistent/encoder': no such local model folder"),
+])
+def test_a_writer_spec_or_encoder_path_that_cannot_load_is_refused_at_start(override, message):
+    from recipe.sgsd.main_sgsd import prepare_config
+
+    with pytest.raises(ConfigError, match=message):
+        prepare_config(compose_sgsd([override]))
+
+
+def test_a_teacher_budget_below_the_longest_student_prompt_is_refused_at_start(run_model_dir, run_data_dir):
+    """max_teacher_prompt_length=16 failed after 443 s, in the first teacher pass."""
+    from recipe.sgsd.main_sgsd import prepare_config
+
+    common = [f"actor_rollout_ref.model.path={run_model_dir}", f"data.train_files={run_data_dir / 'train.parquet'}"]
+    with pytest.raises(ConfigError, match=r"sgsd\.max_teacher_prompt_length=16 cannot hold the teacher prompt .* "
+                                          r"\(works: sgsd\.max_teacher_prompt_length=\d+\)"):
+        prepare_config(compose_sgsd([*common, "sgsd.max_teacher_prompt_length=16"]))
+    assert prepare_config(compose_sgsd([*common, "sgsd.max_teacher_prompt_length=768"])).sgsd.top_k == 8
+
+
+def test_the_entry_point_prints_one_line_and_exits_2_on_a_config_error(tmp_path):
+    env = {**__import__("os").environ, "SGSD_DRY_RUN": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "recipe.sgsd.main_sgsd", "sgsd.top_k=0"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("sgsd: error:")]
+    assert len(lines) == 1 and "sgsd.top_k=0 is out of range" in lines[0]
