@@ -50,12 +50,14 @@ __all__ = [
 # alpha-weighted teacher categories of Tab. 2 and the number of uses, in each item's extra key.
 UTILITY_KEY = "utility"
 UTILITY_RECORD_KEYS = ("helpful", "warning", "over_suppressive", "misleading", "neutral", "uses")
+#: Largest value a utility record holds (alpha-weighted teacher counts; a run adds < 1e9).
+MAX_UTILITY = 1e15
 
 
 def check_utility_record(raw: Any) -> None:
     """Raise ``ValueError`` (message starts with the offending key) unless ``raw`` is a
     utility record: a mapping of keys from :data:`UTILITY_RECORD_KEYS` (any subset; missing keys
-    count 0) to finite numbers >= 0."""
+    count 0) to numbers in [0, :data:`MAX_UTILITY`]."""
     if not isinstance(raw, Mapping):
         raise ValueError(f"must be an object, got {type(raw).__name__}")
     for key, value in raw.items():
@@ -63,8 +65,8 @@ def check_utility_record(raw: Any) -> None:
             raise ValueError(f"unknown key {key!r} (expected some of {UTILITY_RECORD_KEYS})")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"'{key}' must be a number, got {type(value).__name__}")
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"'{key}' must be a finite number >= 0, got {value!r}")
+        if not math.isfinite(value) or not 0 <= value <= MAX_UTILITY:  # 1e308s summed to inf: a NaN score
+            raise ValueError(f"'{key}' must be a number in [0, {MAX_UTILITY:g}], got {value!r}")
 
 
 Origin = Literal["static", "dynamic"]

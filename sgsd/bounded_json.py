@@ -59,8 +59,13 @@ def too_deep(text: str) -> bool:
 
 
 def loads(text: str) -> Any:
-    """``json.loads`` that refuses nesting deeper than :data:`MAX_DEPTH` (``JSONDecodeError``)."""
+    """``json.loads`` that refuses nesting deeper than :data:`MAX_DEPTH` and the non-JSON
+    constants ``NaN`` / ``Infinity`` Python's json accepts (both as ``JSONDecodeError``)."""
     pos = nesting_error(text)
     if pos is not None:
         raise json.JSONDecodeError(f"nested deeper than {MAX_DEPTH} levels", text, pos)
-    return json.loads(text)
+
+    def refuse(name: str):
+        raise json.JSONDecodeError(f"{name} is not a JSON number", text, max(text.find(name), 0))
+
+    return json.loads(text, parse_constant=refuse)

@@ -8,6 +8,8 @@ fall back to a default).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, get_args, get_origin, get_type_hints
@@ -182,6 +184,8 @@ def _coerce(key: str, value: Any, hint: Any, default: Any) -> Any:
     if int in allowed and isinstance(value, int) and not isinstance(value, bool):
         return value
     if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # inf / nan passed every range check (inf > 0)
+            raise ConfigError(f"{key}={value!r} is out of range: must be a finite number")
         return float(value)
     if str in allowed and isinstance(value, str):
         return value

@@ -11,6 +11,7 @@ and the field.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,8 @@ def load_problems(path: str | os.PathLike[str], *, require_answer: bool = False)
             raise ProblemFileError(f"{where}: field 'problem' must be a non-empty string, got {text!r:.60}")
         answer = row.get("answer")
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            if not math.isfinite(answer):  # a parquet NaN was graded against the string "nan"
+                raise ProblemFileError(f"{where}: field 'answer' must be a finite number or a string, got {answer!r}")
             answer = str(answer)
         if answer is not None and not isinstance(answer, str):
             raise ProblemFileError(f"{where}: field 'answer' must be a string, got {type(answer).__name__}")

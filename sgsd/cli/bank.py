@@ -34,7 +34,7 @@ def cmd_bank_inspect(args: argparse.Namespace) -> int:
         if listed:
             report["items"] = {c: [{"id": it.item_id, "origin": it.origin, "score": round(score, 6), **u}
                                    for it, score, u in r] for c, r in rows.items()}
-        print(json.dumps(report))
+        print(json.dumps(report, allow_nan=False))  # strict JSON: a NaN would be refused here, not printed
         return 0
     print(f"{bank.source}: valid skill bank")
     for collection, c in counts.items():

@@ -22,3 +22,9 @@ def test_brackets_inside_strings_do_not_count_in_a_document_but_do_in_free_text(
     text = json.dumps({"title": "[" * 500 + '\\" still a string'})
     assert nesting_error(text) is None and loads(text)["title"].startswith("[[")
     assert nesting_error(text, strings=False) is not None and too_deep(text)
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(constant):
+    with pytest.raises(json.JSONDecodeError, match=f"{constant} is not a JSON number"):
+        loads('{"answer": ' + constant + "}")

@@ -38,6 +38,10 @@ def test_nested_values_and_int_to_float():
     ({"top_k": "8"}, r"sgsd\.top_k='8' must be int, got str"),
     ({"student_thinking": "yes"}, r"sgsd\.student_thinking='yes' must be true or false"),
     ({"clip": True}, r"sgsd\.clip=True must be float, got bool"),
+    # inf passed every range check (inf > 0), nan every comparison
+    ({"tau": float("inf")}, r"sgsd\.tau=inf is out of range: must be a finite number"),
+    ({"clip": float("inf")}, r"sgsd\.clip=inf is out of range: must be a finite number"),
+    ({"threshold": float("nan")}, r"sgsd\.threshold=nan is out of range: must be a finite number"),
     ({"encoder": None}, r"sgsd\.encoder must not be null"),
     ({"bank_path": ""}, r"sgsd\.bank_path is empty"),
     ({"ablation": [1]}, r"sgsd\.ablation must be a mapping, got list"),

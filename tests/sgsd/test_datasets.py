@@ -52,6 +52,7 @@ def test_json_list_parquet_question_field_and_numeric_answers(tmp_path):
     ('{"problem": "ok"}\n[1, 2]\n', "line 2: expected a JSON object"),
     ('{"problem": "   "}\n', "line 1: field 'problem' must be a non-empty string"),
     ('{"problem": "ok", "answer": [1]}\n', "line 1: field 'answer' must be a string, got list"),
+    ('{"problem": "ok", "answer": NaN}\n', "line 1: invalid JSON: NaN is not a JSON number"),
     ('{"problem": "ok"}\n{"problem": ' + "[" * 1000 + "]" * 1000 + "}\n",  # was a RecursionError
      "line 2: invalid JSON: nested deeper than 64 levels"),
 ])
@@ -98,3 +99,13 @@ def test_resolve_leaves_other_values_to_their_loader(tmp_path):
         load_problems(resolve(tmp_path / "missing.jsonl", "benchmark"))
     with pytest.raises(ValueError, match=r"unknown shipped skill bank 'qwen9'; shipped: qwen3_1\.7b, qwen3_4b"):
         shipped_file("qwen9", "bank")
+
+
+def test_a_nan_answer_in_a_parquet_file_is_refused(tmp_path):
+    """It was graded against the string "nan"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"problem": "P", "answer": float("nan")}]), tmp_path / "p.parquet")
+    with pytest.raises(ProblemFileError, match="line 1: field .answer. must be a finite number or a string, got nan"):
+        load_problems(tmp_path / "p.parquet")

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from sgsd.bank import BankError, SkillBank
+from sgsd.bank import BankError, SkillBank, check_utility_record
 from sgsd.cli import main
 from sgsd.objective import teacher_polarity
 from sgsd.item_utility import UtilityTracker, classify_teachers, utility_of, utility_score
@@ -189,10 +189,10 @@ def test_utility_score_by_hand():
 
 @pytest.mark.parametrize("utility, message", [
     ([1, 2], "field 'utility': must be an object, got list"),
-    ({"helpful": -0.5}, "field 'utility': 'helpful' must be a finite number >= 0, got -0.5"),
+    ({"helpful": -0.5}, "field 'utility': 'helpful' must be a number in [0, 1e+15], got -0.5"),
+    ({"helpful": 1e308}, "field 'utility': 'helpful' must be a number in [0, 1e+15], got 1e+308"),  # was a NaN score
     ({"uses": "3"}, "field 'utility': 'uses' must be a number, got str"),
     ({"warning": True}, "field 'utility': 'warning' must be a number, got bool"),
-    ({"neutral": float("nan")}, "field 'utility': 'neutral' must be a finite number >= 0"),
     ({"helpfull": 1.0}, "field 'utility': unknown key 'helpfull'"),
 ])
 def test_malformed_utility_in_a_bank_file_names_file_collection_id_and_field(tmp_path, utility, message):
@@ -204,6 +204,17 @@ def test_malformed_utility_in_a_bank_file_names_file_collection_id_and_field(tmp
         SkillBank.load(path)
     assert str(info.value).startswith(f"{path}: common_mistakes[1] (id 'e1'): ")
     assert message in str(info.value)
+
+
+def test_a_nan_utility_in_a_bank_file_is_invalid_json(tmp_path):
+    data = _bank().to_dict()
+    data["common_mistakes"][1]["utility"] = {"neutral": float("nan")}
+    path = tmp_path / "bank.json"
+    path.write_text(json.dumps(data))  # Python writes the non-JSON token NaN
+    with pytest.raises(BankError, match="NaN is not a JSON number"):
+        SkillBank.load(path)
+    with pytest.raises(ValueError, match="'neutral' must be a number in"):
+        check_utility_record({"neutral": float("nan")})
 
 
 # --------------------------------------------------------------------- inspect
