@@ -152,6 +152,9 @@ def _parse_item(cls: type[GeneralSkill] | type[CommonMistake], raw: Any, where: 
             raise BankError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
         if not value.strip():
             raise BankError(f"{where}: field '{name}' is empty")
+        bad = bounded_json.lone_surrogate(value)
+        if bad:
+            raise BankError(f"{where}: field '{name}' holds a lone surrogate {bad}: not Unicode text")
         values[name] = value.strip()
     origin = raw.get("origin", "static")
     if origin not in _ORIGINS:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_REPLY_CHARS", "loads", "nesting_error", "too_deep"]
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_REPLY_CHARS", "lone_surrogate", "loads", "nesting_error", "too_deep"]
 
 #: Deepest nesting accepted: a bank is 3 levels deep, a verl row 4; 64 leaves room for any
 #: real document and stays far from Python's recursion limit.
@@ -69,3 +69,13 @@ def loads(text: str) -> Any:
         raise json.JSONDecodeError(f"{name} is not a JSON number", text, max(text.find(name), 0))
 
     return json.loads(text, parse_constant=refuse)
+
+
+def lone_surrogate(text: str) -> str | None:
+    """A JSON ``\\ud800`` escape decodes to half a UTF-16 pair, a str that cannot be encoded
+    (printing or tokenising it raised); the offending character as ``\\uXXXX``, else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"\\u{ord(text[exc.start]):04x}"
+    return None

@@ -113,12 +113,16 @@ def load_problems(path: str | os.PathLike[str], *, require_answer: bool = False)
     p = Path(path)
     if not p.exists():
         raise ProblemFileError(f"{p}: problem file not found")
+    if p.is_dir():
+        raise ProblemFileError(f"{p}: is a directory, expected a problem file")
     rows = _read_rows(p)
     problems = []
     for lineno, row in rows:
         where = f"{p}: line {lineno}"
         if not isinstance(row, dict):
             raise ProblemFileError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        if "problem" not in row and "question" not in row and "prompt" in row:
+            row = _from_verl_row(row, where)  # what scripts/prepare_data.py writes
         text = row.get("problem", row.get("question"))
         if not isinstance(text, str) or not text.strip():
             raise ProblemFileError(f"{where}: field 'problem' must be a non-empty string, got {text!r:.60}")
@@ -131,6 +135,10 @@ def load_problems(path: str | os.PathLike[str], *, require_answer: bool = False)
             raise ProblemFileError(f"{where}: field 'answer' must be a string, got {type(answer).__name__}")
         if require_answer and not (answer and answer.strip()):
             raise ProblemFileError(f"{where}: field 'answer' is missing or empty")
+        for name, value in (("problem", text), ("answer", answer)):
+            bad = bounded_json.lone_surrogate(value or "")
+            if bad:  # printing, tokenising or requesting it failed on every try
+                raise ProblemFileError(f"{where}: field '{name}' holds a lone surrogate {bad}: not Unicode text")
         extra = {k: v for k, v in row.items() if k not in ("problem", "question", "answer")}
         problems.append(Problem(text, answer, extra))
     if not problems:
@@ -138,11 +146,29 @@ def load_problems(path: str | os.PathLike[str], *, require_answer: bool = False)
     return problems
 
 
+def _from_verl_row(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """A verl row (``prompt`` chat, ``reward_model.ground_truth``, ``extra_info``) as a problem row."""
+    from sgsd.verl_data import problem_text
+
+    try:
+        problem = problem_text(row.get("extra_info"), row.get("prompt"))
+    except ValueError as exc:
+        raise ProblemFileError(f"{where}: {exc}") from None
+    reward = row.get("reward_model")
+    answer = reward.get("ground_truth") if isinstance(reward, dict) else None
+    return {"problem": problem, **({"answer": answer} if answer is not None else {}),
+            "data_source": row.get("data_source")}
+
+
 def _read_rows(p: Path) -> list[tuple[int, Any]]:
     if p.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return list(enumerate(pq.read_table(p).to_pylist(), start=1))
+        try:
+            return list(enumerate(pq.read_table(p).to_pylist(), start=1))
+        except (pa.ArrowException, OSError) as exc:  # a 0-byte or corrupt file
+            raise ProblemFileError(f"{p}: not a readable parquet file ({exc})") from None
     if p.stat().st_size > bounded_json.MAX_FILE_BYTES:
         raise ProblemFileError(f"{p}: {p.stat().st_size:,} bytes, more than the {bounded_json.MAX_FILE_BYTES:,} a "
                                "problem file may hold")

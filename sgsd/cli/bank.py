@@ -29,8 +29,12 @@ def cmd_bank_inspect(args: argparse.Namespace) -> int:
         if by_utility:
             items.sort(key=utility_score, reverse=True)  # best first; the sort is stable: ties keep bank order
         rows[collection] = [(it, utility_score(it), utility_of(it)) for it in items]
+    empty = [k for k in ("general_skills", "common_mistakes") if not counts[k]["total"]]
+    if empty:  # valid as a file, but SGSD pairs a skill with a mistake for every teacher
+        print(f"sgsd: warning: {bank.source} has no {' and no '.join(empty)}: SGSD cannot form a teacher "
+              "(skill, mistake) pair from it", file=sys.stderr)
     if args.json:
-        report = {"path": bank.source, "valid": True, **counts}
+        report = {"path": bank.source, "valid": True, "can_pair": not empty, **counts}
         if listed:
             report["items"] = {c: [{"id": it.item_id, "origin": it.origin, "score": round(score, 6), **u}
                                    for it, score, u in r] for c, r in rows.items()}

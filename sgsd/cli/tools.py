@@ -42,6 +42,8 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
 def cmd_grade(args: argparse.Namespace) -> int:
     from sgsd.verifier import grade
 
+    if not args.answer.strip():  # every response would be graded 'wrong' against nothing
+        raise CLIError("--answer is empty: give the reference answer to grade against")
     result = grade(args.response, args.answer)
     if args.json:
         print(json.dumps({"correct": result.correct, "extracted": result.extracted}))

@@ -31,3 +31,22 @@ def test_bank_inspect_bad_bank_exits_2_with_one_line(tmp_path, capsys, content, 
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and str(path) in lines[0]
+
+
+def test_bank_inspect_says_a_bank_without_mistakes_cannot_pair(tmp_path, capsys, shipped_bank):
+    import json
+
+    path = tmp_path / "skills_only.json"
+    shipped_bank.with_items(common_mistakes=()).save(path)
+    assert main(["bank", "inspect", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["can_pair"] is False
+    assert "has no common_mistakes: SGSD cannot form a teacher (skill, mistake) pair" in captured.err
+
+
+def test_a_lone_surrogate_in_a_bank_is_bad_input_not_a_traceback(tmp_path, capsys):
+    path = tmp_path / "bank.json"
+    path.write_text('{"general_skills": [{"skill_id": "g", "title": "t\\ud800", "principle": "p", '
+                    '"when_to_apply": "w"}], "common_mistakes": []}')
+    assert main(["bank", "inspect", str(path), "--by-utility"]) == 2
+    assert "field 'title' holds a lone surrogate \\ud800" in capsys.readouterr().err

@@ -58,3 +58,37 @@ def test_grade_json(capsys):
     assert json.loads(capsys.readouterr().out) == {"correct": False, "extracted": "4"}
     assert main(["grade", "--answer", "3", "--response", "no box here", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"correct": False, "extracted": None}
+
+
+def test_grade_refuses_an_empty_answer(capsys):
+    assert main(["grade", "--answer", "  ", "--response", "\\boxed{1}"]) == 2
+    assert "--answer is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("dir.jsonl", None, "is a directory, expected a problem file"),
+    ("empty.parquet", b"", "not a readable parquet file"),
+    ("bad.parquet", b"PAR1 garbage", "not a readable parquet file"),
+    ("s.jsonl", b'{"problem": "x\\ud800"}\n', "field 'problem' holds a lone surrogate \\ud800"),
+])
+def test_retrieve_on_bad_problem_files_exits_2_with_one_line(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    assert main(["retrieve", "--bank", "qwen3_1.7b", "--problems", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_retrieve_reads_the_parquet_prepare_data_writes(tmp_path, capsys):
+    from sgsd.datasets import load_problems, resolve
+    from sgsd.verl_data import to_verl_rows, write_parquet
+
+    problems = load_problems(resolve("aime24", "benchmark"))[:2]
+    write_parquet(to_verl_rows(problems, "aime24", "test"), tmp_path / "aime24.parquet")
+    again = load_problems(tmp_path / "aime24.parquet", require_answer=True)
+    assert [(p.problem, p.answer) for p in again] == [(p.problem, p.answer) for p in problems]
+    assert main(["retrieve", "--bank", "qwen3_1.7b", "--problems", str(tmp_path / "aime24.parquet"), "--top-k",
+                 "1", "--json"]) == 0
