@@ -86,11 +86,11 @@ def trajectory_summary(completion: str, *, head: int = 3, tail: int = 3, max_lin
 def memory_record(record: RolloutRecord, max_chars: int) -> dict[str, Any]:
     """A memory (paper Alg. 2: problem, completion, reward, answers, trajectory summary, feedback)
     from a rollout; the cold-start builder and the online updater use the same one."""
-    from sgsd.verifier import extract_boxed
+    from sgsd.verifier import extract_answer
 
     completion = record.response if len(record.response) <= max_chars else (
         record.response[: max_chars // 2] + "\n...\n" + record.response[-max_chars // 2:])
-    predicted = extract_boxed(record.response)
+    predicted = extract_answer(record.response)
     feedback = ("The final answer matches the reference." if record.success else
                 "No final \\boxed{} answer was given." if predicted is None else
                 "The final answer does not match the reference.")

@@ -1,7 +1,9 @@
 """Answer extraction and grading: the binary reward of SGSD and its evaluations.
 
-A response is graded by the content of its *last* ``\\boxed{...}``/``\\fbox{...}``;
-no complete box is a format failure. The content is checked against the gold answer
+A response is graded by the content of its *last* ``\\boxed{...}``/``\\fbox{...}``,
+joined with the boxes right before it when only a separator stands between them (an
+answer split over several boxes, :func:`extract_answer`); no complete box is a format
+failure. The content is checked against the gold answer
 (LaTeX without ``$``) by normalised-string equality and by math-verify ("symbolic
 answer checking with a string-based fallback"); either one saying equal is correct.
 Strings go first only because they are cheap: the verdict is the same either way.
@@ -65,34 +67,77 @@ _BRACE_RE = re.compile(r"\\.|[{}]", re.DOTALL)  # escaped chars (\{, \}, \\) nev
 _BARE_TOKEN_RE = re.compile(r"[^\s${}]+(?:\{[^\s${}]*\}[^\s${}]*)*")  # 5, \frac{1}{2}
 
 
+def _boxes(text: str) -> list[tuple[int, int, str | None]]:
+    """``(start, end, content)`` of every outermost ``\\boxed``/``\\fbox`` in order; content None
+    for a box that never closes (a truncated response). Linear time, constant stack."""
+    out: list[tuple[int, int, str | None]] = []
+    for match in _BOX_RE.finditer(text):
+        if out and match.start() < out[-1][1]:
+            continue  # a box inside the previous one
+        i, n = match.end(), len(text)
+        while i < n and text[i].isspace():
+            i += 1
+        if i < n and text[i] != "{":
+            # TeX would box one token, but models write `\boxed 42` meaning the number.
+            bare = _BARE_TOKEN_RE.match(text, i)
+            content = bare.group().rstrip(".,;") if bare else ""
+            out.append((match.start(), bare.end() if bare else i, content or None))
+            continue
+        depth, end = 0, None
+        for tok in _BRACE_RE.finditer(text, i):
+            if tok.group() == "{":
+                depth += 1
+            elif tok.group() == "}":
+                depth -= 1
+                if depth == 0:
+                    end = tok.end()
+                    break
+        content = text[i + 1:end - 1].strip() if end else None
+        while content and content.startswith(("\\boxed", "\\fbox")):  # \boxed{\boxed{7}} is 7
+            inner = _boxes(content)
+            if len(inner) != 1 or inner[0][1] != len(content) or inner[0][2] is None:
+                break
+            content = inner[0][2]
+        out.append((match.start(), end if end is not None else n, content))
+    return out
+
+
 def extract_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed``/``\\fbox`` in ``text``; None if absent or unbalanced.
+    ``\\boxed 5`` (no braces) yields ``5``."""
+    boxes = _boxes(text)
+    return boxes[-1][2] if boxes else None
 
-    Linear time and constant stack: one regex pass to find the last box, one scan of
-    brace tokens with a depth counter. ``\\boxed 5`` (no braces) yields ``5``.
-    """
-    last = None
-    for last in _BOX_RE.finditer(text):
-        pass
-    if last is None:
+
+_SEPARATOR_NOISE_RE = re.compile(r"\\(?:quad|qquad|[,;:! ()\[\]])|\$|~")
+_LABEL_RE = re.compile(r"(?:^|\s)[A-Za-z](?:_\{?\w+\}?)?\s*=\s*$")  # "y_2 =" before the next box
+_JOINERS = {"and", "or", ",", ";"}
+MAX_JOIN_WORDS = 5
+
+
+def _joins(separator: str) -> bool:
+    """Does the text between two boxes join them into one answer? Nothing, punctuation, math
+    delimiters and spacing, or a few words ending in and / or / , / ; ("\\quad \\text{and}
+    \\quad", "for part (a) and", a label "y_2 =" before the box)."""
+    text = _LABEL_RE.sub(" ", _SEPARATOR_NOISE_RE.sub(" ", _unwrap_text(separator)))
+    words = text.replace(",", " , ").replace(";", " ; ").split()
+    return not words or (len(words) <= MAX_JOIN_WORDS and words[-1].lower() in _JOINERS)
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of ``text``: the last box, joined with the boxes right before it when
+    only a separator stands between them (``\\boxed{1}, \\boxed{2}``, ``\\boxed{(2, 2)} \\quad
+    \\text{and} \\quad \\boxed{(6, 2)}``): math-verify's reading of an answer split over several
+    boxes. A draft box followed by reasoning and a final box is the final box alone."""
+    boxes = _boxes(text)
+    if not boxes or boxes[-1][2] is None:
         return None
-    i, n = last.end(), len(text)
-    while i < n and text[i].isspace():
-        i += 1
-    if i < n and text[i] != "{":
-        # TeX would box one token, but models write `\boxed 42` meaning the number.
-        bare = _BARE_TOKEN_RE.match(text, i)
-        content = bare.group().rstrip(".,;") if bare else ""
-        return content or None
-    depth = 0
-    for tok in _BRACE_RE.finditer(text, i):
-        if tok.group() == "{":
-            depth += 1
-        elif tok.group() == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : tok.start()].strip()
-    return None  # truncated response: the box never closes
+    run = [boxes[-1]]
+    for box in reversed(boxes[:-1]):
+        if box[2] is None or not _joins(text[box[1]:run[0][0]]):
+            break
+        run.insert(0, box)
+    return ", ".join(content for _, _, content in run)
 
 
 # ------------------------------------------------------------------ normalisation
@@ -337,7 +382,7 @@ def grade(response: str, gold: str, *, timeout_s: float = 5.0) -> GradeResult:
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-    pred = extract_boxed(response)
+    pred = extract_answer(response)
     if pred is None:
         return GradeResult(False, None, "no_box")
     if _strings_equal(pred, gold):

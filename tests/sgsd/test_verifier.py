@@ -302,3 +302,36 @@ def test_import_is_light():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True)
+
+
+# Answers split over several \boxed{}: the response side of Math-Verify's own test cases
+# (huggingface/Math-Verify, tests/test_numina_cases.py and tests/test_open_thoughts.py,
+# Apache-2.0), with the gold as the plain answer a dataset holds and math-verify's verdict.
+SPLIT_BOXES = [
+    ("(2,1),(1,2),(-1,-20),(-20,-1)",
+     "solutions are:\n\n\\[\n\\boxed{(1, 2)}, \\boxed{(2, 1)}, \\boxed{(-1, -20)}, \\boxed{(-20, -1)}\n\\]", True),
+    ("-2,1", r"\(\boxed{1}\) and \(\boxed{-2}\).", True),
+    ("2, 3, 5, 7, 13", r"$$\boxed{2}, \boxed{3}, \boxed{5}, \boxed{7}, \boxed{13}$$", True),
+    ("(2, 2), (6, 2)", r"$$\boxed{(2, 2)} \quad \text{and} \quad \boxed{(6, 2)}$$", True),
+    ("(98, 2), (99, 503)", r"$$\boxed{(98, 2)} \quad \text{and} \quad \boxed{(99, 503)}$$", True),
+    ("(3, 3), (1, 1)", r"$$\boxed{(3, 3)} \text{ for part (a) and } \boxed{(1, 1)}$$", True),
+    ("k = 45, n = 2", r"$$\boxed{k = 45} \quad \text{and} \quad \boxed{n = 2}$$", True),
+    ("1,2,3", r"\boxed{1} and \boxed{2} and \boxed{3}", True),
+    ("1,2,3", r"\boxed{1},\boxed{2},\boxed{3}", True),
+    (r"\frac{108 + 31\sqrt{5}}{216}, \frac{108 - 31\sqrt{5}}{216}",
+     r"$\boxed{\dfrac{108 + 31\sqrt{5}}{216}} \quad \text{and} \quad \boxed{\dfrac{108 - 31\sqrt{5}}{216}}$", True),
+    ("-2 x^{2}+4 x+3, 3 x^{2}+12 x+10",
+     r"\($y_1 = \boxed{-2(x - 1)^2 + 5} \) and \( y_2 = \boxed{3(x + 2)^2 - 2} \) ", True),
+    ("1,2", r"\boxed{1} papers and \boxed{2} bins", True),
+    ("1,2", r"\boxed{1} no no no no no \boxed{2}", False),
+    # a draft box, reasoning, then the final box: the final box alone
+    ("004", "the answer should be \\boxed{004}.\n\nBut let me check again: the last three digits are 004. So, "
+            "\\boxed{004} is the correct answer.\n\n**Final Answer**\n\\boxed{004}", True),
+    ("5", r"First guess \boxed{3}. Checking the cases again, the count is \boxed{5}", True),
+    ("3, 5", r"First guess \boxed{3}. Checking the cases again, the count is \boxed{5}", False),
+]
+
+
+@pytest.mark.parametrize("gold, response, correct", SPLIT_BOXES)
+def test_an_answer_split_over_several_boxes_is_one_answer(gold, response, correct):
+    assert grade(response, gold).correct is correct, grade(response, gold)
