@@ -33,9 +33,10 @@ from sgsd.bank import BankError
 from sgsd.checks import raising
 from sgsd.datasets import ProblemFileError
 
-__all__ = ["EXIT_BAD_INPUT", "CLIError", "build_parser", "flag_errors", "main"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "CLIError", "build_parser", "flag_errors", "main"]
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 class CLIError(Exception):
@@ -68,3 +69,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # `sgsd retrieve ... | head`
         return 0
+    except KeyboardInterrupt:  # commands with saved work say what is kept themselves
+        print("sgsd: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sgsd.cli import build_parser
+from sgsd.cli import build_parser, main
 from sgsd.datasets import bank_path
 
 
@@ -50,3 +50,14 @@ def test_python_dash_m_sgsd_is_the_same_command():
 def test_each_command_is_registered_by_its_group_module(argv, module):
     assert build_parser().parse_args(argv).func.__module__ == f"sgsd.cli.{module}"
     assert "{bank,retrieve,grade,eval,plot}" in build_parser().format_usage()
+
+
+def test_ctrl_c_in_any_command_exits_130_without_a_traceback(monkeypatch, capsys):
+    from sgsd.cli import tools
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tools, "cmd_grade", interrupted)
+    assert main(["grade", "--answer", "1", "--response", "x"]) == 130
+    assert capsys.readouterr().err == "sgsd: interrupted\n"
