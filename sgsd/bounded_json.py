@@ -58,9 +58,10 @@ def too_deep(text: str) -> bool:
     return len(text) > MAX_REPLY_CHARS or nesting_error(text, strings=False) is not None
 
 
-def loads(text: str) -> Any:
-    """``json.loads`` that refuses nesting deeper than :data:`MAX_DEPTH` and the non-JSON
-    constants ``NaN`` / ``Infinity`` Python's json accepts (both as ``JSONDecodeError``)."""
+def loads(text: str, *, allow_nan: bool = False) -> Any:
+    """``json.loads`` that refuses nesting deeper than :data:`MAX_DEPTH` and, unless
+    ``allow_nan`` (verl's metrics logs write them), the non-JSON constants ``NaN`` /
+    ``Infinity`` Python's json accepts (both as ``JSONDecodeError``)."""
     pos = nesting_error(text)
     if pos is not None:
         raise json.JSONDecodeError(f"nested deeper than {MAX_DEPTH} levels", text, pos)
@@ -68,7 +69,7 @@ def loads(text: str) -> Any:
     def refuse(name: str):
         raise json.JSONDecodeError(f"{name} is not a JSON number", text, max(text.find(name), 0))
 
-    return json.loads(text, parse_constant=refuse)
+    return json.loads(text) if allow_nan else json.loads(text, parse_constant=refuse)
 
 
 def lone_surrogate(text: str) -> str | None:

@@ -99,7 +99,7 @@ def load_metrics(path: str | os.PathLike[str]) -> dict[int, dict[str, float]]:
         if not line.strip():
             continue
         try:
-            obj = bounded_json.loads(line)
+            obj = bounded_json.loads(line, allow_nan=True)  # verl's file logger writes NaN; dropped below
         except json.JSONDecodeError as exc:
             if lineno == len(lines):  # no newline after it: a write still in progress
                 break
