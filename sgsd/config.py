@@ -168,7 +168,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             kwargs[name] = _build(hint, value or {}, key)
         else:
             kwargs[name] = _coerce(key, value, hint, known[name].default)
-    return cls(**kwargs)
+    with _out_of_range(prefix):  # a library object's own check (TokenMaskConfig...), worded with its key
+        return cls(**kwargs)
 
 
 def _coerce(key: str, value: Any, hint: Any, default: Any) -> Any:

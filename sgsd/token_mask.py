@@ -8,9 +8,15 @@ token classes, each switchable:
 * ``chat_template`` — added tokens shaped like ``<|...|>`` (``<|im_start|>``, ``<|im_end|>``...),
                       which some tokenizers do not flag as special;
 * ``think``         — the thinking delimiters ``<think>`` and ``</think>``;
-* ``newline``       — tokens whose text is whitespace containing a newline ("\\n", "\\n\\n"):
-                      pure formatting, and a frequent source of large teacher-student gaps
-                      right after a prompt boundary.
+* ``newline``       — newline tokens: pure formatting, and a frequent source of large
+                      teacher-student gaps right after a prompt boundary. ``newline_rule``
+                      says which: ``whitespace`` (default) — every token whose text is
+                      whitespace containing a newline (``"\\n"``, ``"\\n\\n"``, ``" \\n"``,
+                      ``"\\r\\n"``, ``"\\t\\n"``); ``newlines_only`` — only runs of ``"\\n"``, the
+                      official release's rule. On Qwen's table the default drops 193 more ids,
+                      and the gradients of the two rules agree to a cosine of 0.998 (issue-12
+                      audit); the default keeps the paper's "newline tokens" for every way a
+                      tokenizer spells one.
 
 The builder classifies the vocabulary once into a boolean lookup table; building a mask
 for a batch is then one gather.
@@ -24,9 +30,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["TokenMaskBuilder", "TokenMaskConfig"]
+from sgsd.checks import check
+
+__all__ = ["NEWLINE_RULES", "TokenMaskBuilder", "TokenMaskConfig"]
 
 _TEMPLATE_TOKEN = re.compile(r"^<\|[^|]*\|>$")
+NEWLINE_RULES = ("whitespace", "newlines_only")
 _THINK_TOKENS = ("<think>", "</think>")
 
 
@@ -38,6 +47,11 @@ class TokenMaskConfig:
     chat_template: bool = True
     think: bool = True
     newline: bool = True
+    newline_rule: str = "whitespace"  # or "newlines_only" (the official release)
+
+    def __post_init__(self) -> None:
+        check("newline_rule", self.newline_rule, self.newline_rule in NEWLINE_RULES,
+              f"one of {', '.join(NEWLINE_RULES)}")
 
 
 class TokenMaskBuilder:
@@ -48,7 +62,9 @@ class TokenMaskBuilder:
         self.excluded_ids: dict[str, frozenset[int]] = _classify(tokenizer)
         size = max(len(tokenizer), 1 + max((i for ids in self.excluded_ids.values() for i in ids), default=0))
         table = torch.zeros(size, dtype=torch.bool)
-        for name, ids in self.excluded_ids.items():
+        for name in ("special", "chat_template", "think", "newline"):
+            ids = self.excluded_ids["newline_runs" if name == "newline" and config.newline_rule == "newlines_only"
+                                    else name]
             if getattr(config, name) and ids:
                 table[list(ids)] = True
         self._excluded = table
@@ -87,9 +103,11 @@ def _classify(tokenizer: Any) -> dict[str, frozenset[int]]:
     texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False,
                                    clean_up_tokenization_spaces=False)
     newline = {i for i, text in zip(ids, texts) if text and "\n" in text and not text.strip()}
+    runs = {i for i in newline if set(texts[i]) == {"\n"}}
     return {
         "special": frozenset(special),
         "chat_template": frozenset(template),
         "think": frozenset(think),
-        "newline": frozenset(newline),
+        "newline": frozenset(newline),  # newline_rule "whitespace"
+        "newline_runs": frozenset(runs),  # newline_rule "newlines_only"
     }

@@ -66,6 +66,7 @@ def live_run(workdir: Path, model_dir: Path, data_dir: Path) -> CPURun:
         *REWARD, "sgsd.update.enable=true", "sgsd.update.freq=2", "sgsd.update.writer=policy",
         "sgsd.update.max_memories=2", "sgsd.update.max_new_tokens=24", "sgsd.update.max_completion_chars=400",
         "trainer.test_freq=1",  # validation passes: their rollouts must not enter the bank's window
+        "actor_rollout_ref.actor.optim.lr_scheduler_type=linear",  # the GPU scripts' schedule (lr_schedule.py)
     ]))
 
 

@@ -9,6 +9,8 @@ an import error fails loudly. It registers:
 * the advantage estimator ``sgsd`` (``algorithm.adv_estimator=sgsd``),
 * the v1 trainer ``sgsd`` (teacher pass + the actor-side loss; chosen by ``main_sgsd``),
 * the reward manager ``sgsd`` (the hook that feeds rollout records to the skill updater),
+* ``actor.optim.lr_scheduler_type=linear`` in verl's FSDP engine (the release's schedule,
+  :mod:`recipe.sgsd.lr_schedule`), once verl imports the engine,
 * on CPU-only machines with ``VERL_PLATFORM=cpu``, the CPU backend (a no-op elsewhere).
 """
 
@@ -44,6 +46,11 @@ def compute_sgsd_advantage(token_level_rewards: torch.Tensor, response_mask: tor
 
 def _register_components() -> None:
     from recipe.sgsd.cpu import backend  # noqa: F401  (registers only when VERL_PLATFORM=cpu)
+    from recipe.sgsd.import_hooks import post_import_hooks
+    from recipe.sgsd.lr_schedule import accept_linear_in_config, add_linear_scheduler
+
+    post_import_hooks.add("verl.workers.config.optimizer", accept_linear_in_config)
+    post_import_hooks.add("verl.workers.engine.fsdp.transformer_impl", add_linear_scheduler)
     from recipe.sgsd import reward_hook  # noqa: F401  (reward manager "sgsd")
     from recipe.sgsd import trainer  # noqa: F401  (v1 trainer "sgsd")
 

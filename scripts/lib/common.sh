@@ -47,6 +47,11 @@ verl_overrides() {
         ++actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2
         actor_rollout_ref.actor.fsdp_config.dtype=bfloat16
         actor_rollout_ref.actor.optim.lr="$LR"
+        # The release's optimiser (its trainer's defaults): linear decay to 0, no weight decay;
+        # verl's are a constant rate and 0.01 (linear: recipe/sgsd/lr_schedule.py)
+        actor_rollout_ref.actor.optim.lr_scheduler_type=linear
+        actor_rollout_ref.actor.optim.min_lr_ratio=0.0
+        actor_rollout_ref.actor.optim.weight_decay=0.0
         # The engine workers clip with optim.clip_grad; actor.grad_clip is the legacy key.
         actor_rollout_ref.actor.optim.clip_grad="$GRAD_CLIP"
         actor_rollout_ref.actor.ppo_mini_batch_size="$TRAIN_BATCH_SIZE"

@@ -123,6 +123,8 @@ def _common_paper_values(cfg):
     model, actor, rollout = cfg.actor_rollout_ref.model, cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
     assert (model.lora_rank, model.lora_alpha, model.target_modules) == (64, 128, "all-linear")
     assert actor.optim.lr == 5e-6
+    # the release's optimiser: linear decay to 0, no weight decay (recipe/sgsd/lr_schedule.py)
+    assert (actor.optim.lr_scheduler_type, actor.optim.min_lr_ratio, actor.optim.weight_decay) == ("linear", 0.0, 0.0)
     assert model.enable_gradient_checkpointing is True and model.use_remove_padding is True
     assert model.override_config.attn_implementation == "flash_attention_2"
     assert actor.fsdp_config.dtype == "bfloat16" and rollout.dtype == "bfloat16"

@@ -56,6 +56,14 @@ def test_sgsd_runs_logs_finite_sgsd_metrics_and_changes_the_actor(live_run):
     assert max((trained[k].float() - initial[k].float()).abs().max().item() for k in initial) > 1e-4
 
 
+def test_the_linear_schedule_decays_the_rate_step_by_step(live_run):
+    """optim.lr_scheduler_type=linear (the release's schedule, the GPU scripts'): 1e-3 over 3 steps."""
+    rates = [step["data"]["actor/lr"] for step in live_run.metrics()]
+    assert len(rates) == 3 and rates[0] > rates[1] > rates[2] >= 0
+    assert rates[0] - rates[1] == pytest.approx(rates[1] - rates[2], rel=1e-6)  # a straight line
+    assert rates[0] - rates[1] == pytest.approx(1e-3 / 3, rel=1e-6)
+
+
 def test_teacher_log_probs_equal_an_independent_forward_of_teacher_prompt_plus_response(live_run):
     """Step 1 scores with the initial weights, so a fresh transformers model must agree."""
     dump = _dump(live_run, 1)

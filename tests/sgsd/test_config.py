@@ -42,6 +42,8 @@ def test_nested_values_and_int_to_float():
     ({"tau": float("inf")}, r"sgsd\.tau=inf is out of range: must be a finite number"),
     ({"clip": float("inf")}, r"sgsd\.clip=inf is out of range: must be a finite number"),
     ({"threshold": float("nan")}, r"sgsd\.threshold=nan is out of range: must be a finite number"),
+    ({"mask": {"newline_rule": "spaces"}},
+     r"sgsd\.mask\.newline_rule='spaces' is out of range: must be one of whitespace, newlines_only"),
     ({"encoder": None}, r"sgsd\.encoder must not be null"),
     ({"bank_path": ""}, r"sgsd\.bank_path is empty"),
     ({"ablation": [1]}, r"sgsd\.ablation must be a mapping, got list"),

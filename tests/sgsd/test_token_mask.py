@@ -73,3 +73,24 @@ def test_excluded_set_reflects_the_config(tiny_tokenizer):
     assert builder.excluded == others | classes["newline"]
     assert builder.excluded - no_newline == classes["newline"] - others
     assert classes["newline"] and classes["think"] and classes["chat_template"]
+
+
+def test_the_newline_rule_switches_between_whitespace_tokens_and_the_releases_newline_runs(tiny_model_dir):
+    """Mixed whitespace tokens (" \\n", "\\r\\n", "\\t\\n", as Qwen's table has them) are newline
+    tokens under the default rule and ordinary tokens under the release's."""
+    import pytest
+    from transformers import AutoTokenizer
+
+    from sgsd.checks import SettingError
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.add_tokens([" \n", "\r\n", "\t\n"])  # a real tokenizer, with the spellings Qwen's table has
+    mixed = {tok.convert_tokens_to_ids(t) for t in (" \n", "\r\n", "\t\n")}
+    runs = {i for i in range(len(tok)) if tok.decode([i]) in ("\n", "\n\n")}
+    default = TokenMaskBuilder(tok).excluded
+    release = TokenMaskBuilder(tok, TokenMaskConfig(newline_rule="newlines_only")).excluded
+    assert runs and runs <= default and runs <= release
+    assert mixed <= default and not mixed & release
+    assert default - release == mixed
+    with pytest.raises(SettingError, match="newline_rule must be one of whitespace, newlines_only"):
+        TokenMaskConfig(newline_rule="spaces")

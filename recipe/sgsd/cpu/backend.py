@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.abc
 import logging
 import os
 import shutil
-import sys
 import threading
 import types
-from collections.abc import Callable
+
+from recipe.sgsd.import_hooks import post_import_hooks
 
 logger = logging.getLogger(__name__)
 
@@ -204,57 +203,6 @@ def _make_platform_cls():
     return PlatformCPU
 
 
-# --------------------------------------------------------------------------- import hooks
-
-
-class _PostImportHooks(importlib.abc.MetaPathFinder):
-    """Run callbacks right after a named module has executed (once per module).
-
-    Registering into verl's FSDP engine or rollout registries requires those modules,
-    which take seconds to import; a hook registers when (and in whichever process)
-    verl itself imports them, and before any caller can look the registry up.
-    """
-
-    def __init__(self) -> None:
-        self._callbacks: dict[str, list[Callable[[types.ModuleType], None]]] = {}
-
-    def add(self, module_name: str, callback: Callable[[types.ModuleType], None]) -> None:
-        module = sys.modules.get(module_name)
-        if module is not None and getattr(module, "__spec__", None) is not None:
-            callback(module)  # already imported: apply now
-            return
-        self._callbacks.setdefault(module_name, []).append(callback)
-        if self not in sys.meta_path:
-            sys.meta_path.insert(0, self)
-
-    def find_spec(self, fullname, path, target=None):
-        callbacks = self._callbacks.get(fullname)
-        if not callbacks:
-            return None
-        spec = None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        del self._callbacks[fullname]
-        exec_module = spec.loader.exec_module
-
-        def exec_then_hook(module):
-            exec_module(module)
-            for callback in callbacks:
-                callback(module)
-
-        spec.loader.exec_module = exec_then_hook  # this loader instance serves only this module
-        return spec
-
-
-_hooks = _PostImportHooks()
-
-
 # --------------------------------------------------------------------------- registrations
 
 
@@ -408,13 +356,13 @@ def install() -> bool:
         if current is not None and current.device_name != PLATFORM_NAME:
             logger.warning("verl platform was resolved as %r before the CPU backend loaded", current.device_name)
 
-        _hooks.add("verl.utils.distributed", _use_plain_gloo)
-        _hooks.add("verl.workers.engine_workers", _use_plain_gloo)
-        _hooks.add("verl.workers.engine.fsdp.transformer_impl", _register_fsdp_engines)
-        _hooks.add("verl.utils.model", _value_model_with_config_attention)
-        _hooks.add("verl.workers.rollout.replica", _register_hf_replica)
-        _hooks.add("verl.workers.rollout.base", _register_hf_adapter)
-        _hooks.add("verl.trainer.ppo.v1.replay_buffer", _short_replay_buffer_poll)
+        post_import_hooks.add("verl.utils.distributed", _use_plain_gloo)
+        post_import_hooks.add("verl.workers.engine_workers", _use_plain_gloo)
+        post_import_hooks.add("verl.workers.engine.fsdp.transformer_impl", _register_fsdp_engines)
+        post_import_hooks.add("verl.utils.model", _value_model_with_config_attention)
+        post_import_hooks.add("verl.workers.rollout.replica", _register_hf_replica)
+        post_import_hooks.add("verl.workers.rollout.base", _register_hf_adapter)
+        post_import_hooks.add("verl.trainer.ppo.v1.replay_buffer", _short_replay_buffer_poll)
         _installed = True
     return True
 
