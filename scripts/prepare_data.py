@@ -107,9 +107,12 @@ def student_guidance(problems, bank: str, top_k: int, encoder: str):
 
     with raising(ValueError, lambda exc: exc.named("--student-skills-top-k")):  # before the encoder loads
         RetrievalConfig(top_k=top_k)
-    skills = SkillBank.load(resolve(bank, "bank"), require_nonempty=True)
+    from sgsd.verl_data import guidance_source
+
+    path = resolve(bank, "bank")
+    skills = SkillBank.load(path, require_nonempty=True)
     retriever = SkillRetriever(SentenceTransformerEncoder(encoder), skills, top_k=top_k)
-    return retrieve_student_guidance(problems, retriever)
+    return retrieve_student_guidance(problems, retriever), guidance_source(path, encoder, top_k)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,10 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             random.Random(0 if args.seed is None else args.seed).shuffle(problems)
         if args.limit is not None:
             problems = problems[:args.limit]
-        guidance = None
+        guidance = source = None
         if args.student_skills:
-            guidance = student_guidance(problems, args.student_skills, args.student_skills_top_k, args.encoder)
-        rows = to_verl_rows(problems, data_source, split, student_guidance=guidance)
+            guidance, source = student_guidance(problems, args.student_skills, args.student_skills_top_k,
+                                                args.encoder)
+        rows = to_verl_rows(problems, data_source, split, student_guidance=guidance, guidance_source=source)
         output = (args.output or DEFAULT_DIR / f"{data_source}.parquet").expanduser()
         write_parquet(rows, output)
     except (ProblemFileError, DatasetUnavailableError, ValueError, OSError) as exc:

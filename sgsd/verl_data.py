@@ -19,6 +19,7 @@ Like the rest of the library this module imports neither verl, ray nor vllm; pya
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -75,6 +76,7 @@ def shipped_set_path(name: str) -> Path:
 
 def to_verl_rows(problems: Sequence[Problem], data_source: str, split: str,
                  student_guidance: Sequence[tuple[Sequence[Any], Sequence[Any]]] | None = None,
+                 guidance_source: Mapping[str, Any] | None = None,
                  ) -> list[dict[str, Any]]:
     """verl RL rows for ``problems`` (layout in the module docstring).
 
@@ -84,7 +86,10 @@ def to_verl_rows(problems: Sequence[Problem], data_source: str, split: str,
     ``student_guidance``: per problem the (skills, mistakes) shown to the STUDENT
     (:func:`sgsd.prompts.skill_student_prompt`) — the GRPO+Skill / OPSD+Skill baselines;
     ``extra_info.problem`` stays the plain statement, so teachers and evaluation never see
-    the student's guidance. See :func:`retrieve_student_guidance`.
+    the student's guidance. See :func:`retrieve_student_guidance`. The ids of the pairs shown
+    go in ``extra_info.skill_ids`` / ``mistake_ids`` (the OPSD+Skill teacher sees exactly
+    those), and ``guidance_source`` (:func:`guidance_source`: bank, its sha256, encoder, K)
+    in ``extra_info.skills_from`` as JSON, which the trainer checks at start.
     """
     if not data_source:
         raise ValueError("data_source must be a non-empty string")
@@ -98,6 +103,7 @@ def to_verl_rows(problems: Sequence[Problem], data_source: str, split: str,
         if split == "train" and not answer:
             raise ValueError(f"{data_source}: problem {i} has no answer; training rows need one")
         solution = p.extra.get("solution")
+        skills, mistakes = student_guidance[i] if student_guidance is not None else ((), ())
         rows.append({
             "data_source": data_source,
             "prompt": [{"role": "user", "content": student_prompt(p.problem) if student_guidance is None
@@ -110,9 +116,21 @@ def to_verl_rows(problems: Sequence[Problem], data_source: str, split: str,
                 "solution": solution if isinstance(solution, str) else "",
                 "index": i,
                 "split": split,
+                "skill_ids": [s.skill_id for s in skills],
+                "mistake_ids": [m.mistake_id for m in mistakes],
+                "skills_from": json.dumps(dict(guidance_source), sort_keys=True) if student_guidance is not None
+                and guidance_source is not None else "",
             },
         })
     return rows
+
+
+def guidance_source(bank_path: str | os.PathLike[str], encoder: str, top_k: int) -> dict[str, Any]:
+    """Where a row's student pairs came from: bank file (and its sha256), encoder, K."""
+    import hashlib
+
+    return {"bank": str(bank_path), "bank_sha256": hashlib.sha256(Path(bank_path).read_bytes()).hexdigest(),
+            "encoder": encoder, "top_k": int(top_k)}
 
 
 def problem_text(extra_info: dict | None, raw_prompt) -> str:
@@ -149,7 +167,9 @@ def _schema():
         ("ability", pa.string()),
         ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
         ("extra_info", pa.struct([("problem", pa.string()), ("answer", pa.string()), ("solution", pa.string()),
-                                  ("index", pa.int64()), ("split", pa.string())])),
+                                  ("index", pa.int64()), ("split", pa.string()),
+                                  ("skill_ids", pa.list_(pa.string())), ("mistake_ids", pa.list_(pa.string())),
+                                  ("skills_from", pa.string())])),
     ])
 
 

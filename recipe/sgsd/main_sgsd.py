@@ -99,6 +99,42 @@ def check_inputs(config: DictConfig, sgsd_config: SGSDConfig) -> None:
         raise ConfigError(f"sgsd.encoder={encoder!r}: no such local model folder (a hub name such as "
                           "Qwen/Qwen3-Embedding-0.6B, or an existing path)")
     _check_teacher_budget(config, sgsd_config)
+    if sgsd_config.teacher_context == "answer_skills":
+        _check_student_pairs(config, sgsd_config)
+
+
+def _check_student_pairs(config: DictConfig, sgsd_config: SGSDConfig) -> None:
+    """OPSD+Skill: the teacher sees the pairs the student saw (their ids are in each row), so the
+    data must come from this run's bank, encoder and K; refused otherwise, naming both."""
+    import hashlib
+    import json
+
+    from sgsd.datasets import resolve
+
+    files = config.data.train_files
+    files = [files] if isinstance(files, str) else list(files or [])
+    if not files or not all(os.path.isfile(f) and f.endswith(".parquet") for f in files):
+        return  # a dry run on another machine: nothing to read
+    import pyarrow.parquet as pq
+
+    bank_sha = hashlib.sha256(open(resolve(sgsd_config.bank_path, "bank"), "rb").read()).hexdigest()
+    ours = {"bank_sha256": bank_sha, "encoder": sgsd_config.encoder, "top_k": sgsd_config.top_k}
+    keys = {"bank_sha256": "sgsd.bank_path", "encoder": "sgsd.encoder", "top_k": "sgsd.top_k"}
+    for f in files:
+        extra = pq.read_table(f, columns=["extra_info"]).column("extra_info").to_pylist()
+        recorded = (extra[0] or {}).get("skills_from") if extra else None
+        if not recorded:
+            raise ConfigError(
+                f"sgsd.teacher_context=answer_skills (OPSD+Skill): {f} records no skill pairs shown to the student; "
+                "write it with python3 scripts/prepare_data.py --student-skills BANK --encoder ENCODER "
+                "--student-skills-top-k K, with this run's bank, encoder and K")
+        theirs = json.loads(recorded)
+        differ = [f"{keys[k]}: the data's {theirs.get('bank') if k == 'bank_sha256' else theirs.get(k)!r} "
+                  f"(prepared), this run's {sgsd_config.bank_path if k == 'bank_sha256' else ours[k]!r}"
+                  for k in ours if theirs.get(k) != ours[k]]
+        if differ:
+            raise ConfigError(f"OPSD+Skill: the teacher must see the student's pairs, but {f} was prepared with "
+                              f"another {'; '.join(differ)}; prepare the data again or set these keys as it was")
 
 
 def _check_teacher_budget(config: DictConfig, sgsd_config: SGSDConfig, longest: int = 16) -> None:

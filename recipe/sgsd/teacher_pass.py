@@ -29,7 +29,7 @@ from tensordict import TensorDict
 from sgsd.config import SGSDConfig
 from sgsd.objective import sgsd_objective, support_quantiles
 from sgsd.prompts import ChatFormat, guidance_block, teacher_prompt_ids
-from sgsd.retrieval import ProblemRetrieval
+from sgsd.retrieval import ProblemRetrieval, TeacherPair
 from sgsd.token_mask import TokenMaskBuilder
 
 
@@ -128,6 +128,8 @@ class Rollouts:
     rewards: torch.Tensor  # [B] verifier rewards
     problems: list[str]  # the plain problem statements
     answers: list[str | None] | None = None  # reference answers (answer-conditioned teachers)
+    # per rollout, the (skill ids, mistake ids) its student prompt showed (OPSD+Skill data), else None
+    student_pairs: list[tuple[Sequence[str], Sequence[str]] | None] | None = None
 
     def __len__(self) -> int:
         return len(self.responses)
@@ -175,6 +177,9 @@ class TeacherPass:
         t0 = time.perf_counter()
         if cfg.teacher_context == "answer":  # OPSD: the answer alone, nothing to retrieve
             retrievals = [ProblemRetrieval(teachers=())] * n
+        elif cfg.teacher_context == "answer_skills" and rollouts.student_pairs and all(rollouts.student_pairs):
+            # OPSD+Skill: exactly the pairs the student was shown, not a re-retrieval
+            retrievals = [pairs_from_ids(self.retriever.bank, *ids) for ids in rollouts.student_pairs]
         else:
             retrievals = list(self.retriever.retrieve(rollouts.problems))
         retrieval_time = time.perf_counter() - t0
@@ -218,6 +223,20 @@ class TeacherPass:
             out = sgsd_objective(inputs.student, inputs.teacher, inputs.token_mask, inputs.alpha, inputs.outcome_sign,
                                  self.config.objective_config(), response_mask=inputs.response_mask)
         return out.support
+
+
+def pairs_from_ids(bank, skill_ids: Sequence[str], mistake_ids: Sequence[str]) -> ProblemRetrieval:
+    """The rank-wise pairs of the given bank items (the ones a student prompt showed)."""
+    skills = {s.skill_id: s for s in bank.general_skills}
+    mistakes = {m.mistake_id: m for m in bank.common_mistakes}
+    missing = [i for i in skill_ids if i not in skills] + [i for i in mistake_ids if i not in mistakes]
+    if missing:
+        raise ValueError(f"the student's skill pairs name items {missing} that are not in the bank "
+                         f"{getattr(bank, 'source', '')}: the data was prepared with another bank")
+    count = min(len(skill_ids), len(mistake_ids))
+    return ProblemRetrieval(teachers=tuple(
+        TeacherPair(rank=k, skill=skills[skill_ids[k]], mistake=mistakes[mistake_ids[k]], skill_score=0.0,
+                    mistake_score=0.0, alpha=1.0 / count) for k in range(count)))
 
 
 def rollout_loss_inputs(record: TeacherFields, rollouts: Rollouts) -> LossInputs:

@@ -246,6 +246,7 @@ class SGSDTrainer(RecipeSyncTrainer):
             rewards=torch.stack([r.sum() for r in data["rm_scores"].unbind()]).float(),
             problems=[problem_text(e, p) for e, p in zip(extra, raw_prompts)],
             answers=[str((rm or {}).get("ground_truth", "")) for rm in _non_tensor_list(data, "reward_model", n)],
+            student_pairs=[student_pairs(e) for e in extra],
         )
         result = self.teacher_pass(rollouts, self._score_teachers)
         if os.environ.get("SGSD_DEBUG_DUMP_DIR"):
@@ -341,6 +342,17 @@ class SGSDTrainer(RecipeSyncTrainer):
 
     def _teacher_dp_size(self) -> int:
         return max(int(getattr(self._teacher_worker_group(), "world_size", 1)), 1)
+
+
+def student_pairs(extra_info) -> tuple[list[str], list[str]] | None:
+    """The (skill ids, mistake ids) a row's student prompt showed (``extra_info``, written by
+    :func:`sgsd.verl_data.to_verl_rows`), or None for a plain-prompt row."""
+    if not isinstance(extra_info, dict):
+        return None
+    skills, mistakes = extra_info.get("skill_ids"), extra_info.get("mistake_ids")
+    if skills is None or mistakes is None or not len(skills) or not len(mistakes):
+        return None
+    return [str(i) for i in skills], [str(i) for i in mistakes]
 
 
 def _non_tensor_list(data: TensorDict, key: str, n: int) -> list:

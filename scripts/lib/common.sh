@@ -151,7 +151,8 @@ variant_overrides() {
     done < <(tail -n +4 <<<"$VARIANT_INFO")
     if [[ "$VARIANT_STUDENT_SKILLS" == 1 && ! -e "$TRAIN_FILE" && "${SGSD_DRY_RUN:-0}" != 1 ]]; then
         echo "VARIANT=$VARIANT trains with skills in the student prompt; write $TRAIN_FILE first:" >&2
-        echo "  python3 scripts/prepare_data.py --dataset math_train --student-skills BANK --output $TRAIN_FILE" >&2
+        echo "  python3 scripts/prepare_data.py --dataset math_train --student-skills BANK --encoder ENCODER --output $TRAIN_FILE" >&2
+        echo "  (the run's bank, encoder and K: an OPSD+Skill run refuses data prepared with others)" >&2
         return 2
     fi
 }

@@ -185,3 +185,28 @@ def test_the_entry_point_prints_one_line_and_exits_2_on_a_config_error(tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("sgsd: error:")]
     assert len(lines) == 1 and "sgsd.top_k=0 is out of range" in lines[0]
+
+
+def test_opsd_skill_data_must_come_from_this_runs_bank_encoder_and_k(tmp_path, run_model_dir):
+    """The teacher sees the student's pairs (their ids are in the rows): data prepared with another
+    bank, encoder or K is refused at start, naming both; data without a record too."""
+    from recipe.sgsd.cpu.run import write_run_data
+    from recipe.sgsd.main_sgsd import prepare_config
+    from sgsd.datasets import load_problems, resolve
+    from sgsd.verl_data import to_verl_rows, write_parquet
+
+    data = write_run_data(tmp_path / "data", 8, 4, student_skills=True, top_k=4)
+    common = ["sgsd.teacher_context=answer_skills", f"data.train_files={data / 'train_skills.parquet'}",
+              f"actor_rollout_ref.model.path={run_model_dir}", "sgsd.max_teacher_prompt_length=2048"]
+    assert prepare_config(compose_sgsd([*common, "sgsd.top_k=4"])).sgsd.top_k == 4
+    for override, message in (("sgsd.top_k=8", r"sgsd\.top_k: the data's 4 \(prepared\), this run's 8"),
+                              ("sgsd.encoder=Qwen/Qwen3-Embedding-0.6B",
+                               r"sgsd\.encoder: the data's 'all-MiniLM-L6-v2' \(prepared\), this run's "
+                               r"'Qwen/Qwen3-Embedding-0\.6B'"),
+                              ("sgsd.bank_path=qwen3_4b", r"sgsd\.bank_path: the data's '.*qwen3_1\.7b\.json'")):
+        with pytest.raises(ConfigError, match=message):
+            prepare_config(compose_sgsd([*common, "sgsd.top_k=4", override]))
+    plain = tmp_path / "plain.parquet"
+    write_parquet(to_verl_rows(load_problems(resolve("math_train", "train"))[:4], "math", "train"), plain)
+    with pytest.raises(ConfigError, match="records no skill pairs shown to the student"):
+        prepare_config(compose_sgsd([*common[:1], f"data.train_files={plain}", "sgsd.top_k=4"]))

@@ -192,6 +192,32 @@ def test_student_guidance_rows_carry_the_skills_but_extra_info_stays_plain(encod
     from sgsd.verl_data import problem_text
 
     assert problem_text(rows[0]["extra_info"], rows[0]["prompt"]) == problems[0].problem
+    # the ids of the pairs shown, for the OPSD+Skill teacher (and no record without a source)
+    pairs = retriever.retrieve([problems[0].problem])[0].teachers
+    assert rows[0]["extra_info"]["skill_ids"] == [t.skill.skill_id for t in pairs]
+    assert rows[0]["extra_info"]["mistake_ids"] == [t.mistake.mistake_id for t in pairs]
+    assert rows[0]["extra_info"]["skills_from"] == ""
+
+
+def test_the_opsd_skill_teacher_sees_exactly_the_pairs_the_student_saw(tiny_batch, policy, run_config,
+                                                                       make_teacher_pass, run_tokenizer,
+                                                                       shipped_bank):
+    """Not a re-retrieval (another encoder at training time would pick other pairs): the row's ids."""
+    import dataclasses
+
+    chosen = ([s.skill_id for s in shipped_bank.general_skills[-2:]],
+              [m.mistake_id for m in shipped_bank.common_mistakes[-2:]])
+    rollouts = dataclasses.replace(tiny_batch.rollouts, student_pairs=[chosen] * len(tiny_batch.rollouts))
+    teacher_pass = make_teacher_pass(run_config(variant="opsd_skill"))
+    result = teacher_pass(rollouts, HFScorer(policy))
+    for j, owner in enumerate(result.plan.owner):
+        text = run_tokenizer.decode(result.plan.prompt_ids[j])
+        for skill in shipped_bank.general_skills[-2:]:
+            assert skill.title in text
+        assert "The verified final answer is: " + rollouts.answers[owner] in text
+    retrieved = teacher_pass.retriever.retrieve(rollouts.problems[:1])[0].teachers[0].skill
+    assert retrieved not in shipped_bank.general_skills[-2:]  # (so the check above means something)
+    assert retrieved.title not in run_tokenizer.decode(result.plan.prompt_ids[0])
 
 
 # ----------------------------------------------------------------------------- the whole pass, in-process

@@ -75,7 +75,8 @@ def test_every_shipped_set_becomes_verl_rows(name, tmp_path):
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": problem.answer.strip()},
             "extra_info": {"problem": problem.problem, "answer": problem.answer.strip(),
-                           "solution": problem.extra.get("solution", ""), "index": i, "split": split},
+                           "solution": problem.extra.get("solution", ""), "index": i, "split": split,
+                           "skill_ids": [], "mistake_ids": [], "skills_from": ""},
         }
     if name == "math_train":  # the OPSD-style baselines' solution survives
         assert all(r["extra_info"]["solution"] for r in rows)

@@ -177,11 +177,14 @@ def write_run_data(folder: Path, train_rows: int, val_rows: int, *, student_skil
     if student_skills and not (folder / "train_skills.parquet").exists():  # GRPO+Skill / OPSD+Skill
         from sgsd.bank import SkillBank
         from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
-        from sgsd.verl_data import retrieve_student_guidance
+        from sgsd.retrieval import DEFAULT_ENCODER
+        from sgsd.verl_data import guidance_source, retrieve_student_guidance
 
-        retriever = SkillRetriever(SentenceTransformerEncoder(), SkillBank.load(resolve("qwen3_1.7b", "bank")), top_k=top_k)
+        bank = resolve("qwen3_1.7b", "bank")
+        retriever = SkillRetriever(SentenceTransformerEncoder(), SkillBank.load(bank), top_k=top_k)
         rows = problems[:train_rows]
-        write_parquet(to_verl_rows(rows, "math", "train", student_guidance=retrieve_student_guidance(rows, retriever)),
+        write_parquet(to_verl_rows(rows, "math", "train", student_guidance=retrieve_student_guidance(rows, retriever),
+                                   guidance_source=guidance_source(bank, DEFAULT_ENCODER, top_k)),
                       folder / "train_skills.parquet")
     return folder
 
