@@ -12,9 +12,11 @@ bounded in size (:data:`MAX_FILE_BYTES`; callers check it with their own error t
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_REPLY_CHARS", "lone_surrogate", "loads", "nesting_error", "too_deep"]
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_REPLY_CHARS", "json_chars", "lone_surrogate", "loads", "nesting_error",
+           "too_deep"]
 
 #: Deepest nesting accepted: a bank is 3 levels deep, a verl row 4; 64 leaves room for any
 #: real document and stays far from Python's recursion limit.
@@ -25,14 +27,9 @@ MAX_FILE_BYTES = 1 << 30
 MAX_REPLY_CHARS = 1_000_000
 
 
-def nesting_error(text: str, *, strings: bool = True, max_depth: int = MAX_DEPTH) -> int | None:
-    """Position of the first ``[``/``{`` nested deeper than ``max_depth``, else ``None``.
-
-    ``strings=True`` follows JSON's string rules (brackets inside strings do not count): exact
-    for a JSON document. ``strings=False`` counts every bracket: conservative, for free text
-    (a model reply) whose quotes need not pair up.
-    """
-    depth = 0
+def json_chars(text: str) -> Iterator[tuple[int, str, bool]]:
+    """``(position, char, inside a JSON string)`` for every character of ``text``, following
+    JSON's string rules (a quote opens and closes, a backslash escapes the next char)."""
     in_string = escaped = False
     for pos, ch in enumerate(text):
         if in_string:
@@ -41,15 +38,33 @@ def nesting_error(text: str, *, strings: bool = True, max_depth: int = MAX_DEPTH
             elif ch == "\\":
                 escaped = True
             elif ch == '"':
-                in_string = False
-        elif ch in "[{":
+                in_string = False  # the closing quote still belongs to the string
+            yield pos, ch, True
+        elif ch == '"':
+            in_string = True
+            yield pos, ch, True
+        else:
+            yield pos, ch, False
+
+
+def nesting_error(text: str, *, strings: bool = True, max_depth: int = MAX_DEPTH) -> int | None:
+    """Position of the first ``[``/``{`` nested deeper than ``max_depth``, else ``None``.
+
+    ``strings=True`` follows JSON's string rules (brackets inside strings do not count): exact
+    for a JSON document. ``strings=False`` counts every bracket: conservative, for free text
+    (a model reply) whose quotes need not pair up.
+    """
+    depth = 0
+    chars = json_chars(text) if strings else ((pos, ch, False) for pos, ch in enumerate(text))
+    for pos, ch, in_string in chars:
+        if in_string:
+            continue
+        if ch in "[{":
             depth += 1
             if depth > max_depth:
                 return pos
         elif ch in "]}":
             depth = max(depth - 1, 0)
-        elif ch == '"' and strings:
-            in_string = True
     return None
 
 

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sgsd.bounded_json import MAX_DEPTH, MAX_REPLY_CHARS, too_deep
+from sgsd.bounded_json import MAX_DEPTH, MAX_REPLY_CHARS, json_chars, too_deep
 from sgsd.plain_text import plain_text
 from sgsd.skill_prompts import COLLECTION_FIELDS
 
@@ -127,18 +127,8 @@ def repair_backslashes(text: str) -> str:
 def _strip_trailing_commas(text: str) -> str:
     """Remove ``,`` directly before ``]``/``}`` outside JSON strings (a common model slip)."""
     out: list[str] = []
-    in_string = escaped = False
-    for i, ch in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == ",":
+    for i, ch, in_string in json_chars(text):
+        if not in_string and ch == ",":
             nxt = _skip_ws(text, i + 1)
             if text[nxt:nxt + 1] in ("]", "}"):
                 continue

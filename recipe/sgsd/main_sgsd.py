@@ -106,19 +106,17 @@ def check_inputs(config: DictConfig, sgsd_config: SGSDConfig) -> None:
 def _check_student_pairs(config: DictConfig, sgsd_config: SGSDConfig) -> None:
     """OPSD+Skill: the teacher sees the pairs the student saw (their ids are in each row), so the
     data must come from this run's bank, encoder and K; refused otherwise, naming both."""
-    import hashlib
     import json
 
     from sgsd.datasets import resolve
+    from sgsd.verl_data import guidance_source
 
-    files = config.data.train_files
-    files = [files] if isinstance(files, str) else list(files or [])
-    if not files or not all(os.path.isfile(f) and f.endswith(".parquet") for f in files):
+    files = _local_parquet_train_files(config)
+    if not files:
         return  # a dry run on another machine: nothing to read
     import pyarrow.parquet as pq
 
-    bank_sha = hashlib.sha256(open(resolve(sgsd_config.bank_path, "bank"), "rb").read()).hexdigest()
-    ours = {"bank_sha256": bank_sha, "encoder": sgsd_config.encoder, "top_k": sgsd_config.top_k}
+    ours = guidance_source(resolve(sgsd_config.bank_path, "bank"), sgsd_config.encoder, sgsd_config.top_k)
     keys = {"bank_sha256": "sgsd.bank_path", "encoder": "sgsd.encoder", "top_k": "sgsd.top_k"}
     for f in files:
         extra = pq.read_table(f, columns=["extra_info"]).column("extra_info").to_pylist()
@@ -131,7 +129,7 @@ def _check_student_pairs(config: DictConfig, sgsd_config: SGSDConfig) -> None:
         theirs = json.loads(recorded)
         differ = [f"{keys[k]}: the data's {theirs.get('bank') if k == 'bank_sha256' else theirs.get(k)!r} "
                   f"(prepared), this run's {sgsd_config.bank_path if k == 'bank_sha256' else ours[k]!r}"
-                  for k in ours if theirs.get(k) != ours[k]]
+                  for k in keys if theirs.get(k) != ours[k]]
         if differ:
             raise ConfigError(f"OPSD+Skill: the teacher must see the student's pairs, but {f} was prepared with "
                               f"another {'; '.join(differ)}; prepare the data again or set these keys as it was")
@@ -140,9 +138,8 @@ def _check_student_pairs(config: DictConfig, sgsd_config: SGSDConfig) -> None:
 def _check_teacher_budget(config: DictConfig, sgsd_config: SGSDConfig, longest: int = 16) -> None:
     """The longest problems' teacher prompt without guidance (what can never be cut) must fit
     ``sgsd.max_teacher_prompt_length``. Needs the tokenizer on this machine (skipped otherwise)."""
-    files = config.data.train_files
-    files = [files] if isinstance(files, str) else list(files or [])
-    if not files or not all(os.path.isfile(f) and f.endswith(".parquet") for f in files):
+    files = _local_parquet_train_files(config)
+    if not files:
         return
     try:
         from transformers import AutoTokenizer
@@ -169,6 +166,14 @@ def _check_teacher_budget(config: DictConfig, sgsd_config: SGSDConfig, longest: 
                 f"sgsd.max_teacher_prompt_length={budget} cannot hold the teacher prompt of the training set's "
                 f"longest problems without any guidance ({floor} tokens; the problem is never cut); raise it "
                 f"(works: sgsd.max_teacher_prompt_length={max(floor, int(config.data.max_prompt_length))})")
+
+
+def _local_parquet_train_files(config: DictConfig) -> list[str]:
+    """``data.train_files`` when every one is a parquet file on this machine, else ``[]`` (a dry
+    run on another machine: nothing to read)."""
+    files = config.data.train_files
+    files = [files] if isinstance(files, str) else list(files or [])
+    return files if files and all(os.path.isfile(f) and f.endswith(".parquet") for f in files) else []
 
 
 def _check_writer_placement(config: DictConfig, sgsd_config: SGSDConfig) -> None:

@@ -179,7 +179,7 @@ class TeacherPass:
             retrievals = [ProblemRetrieval(teachers=())] * n
         elif cfg.teacher_context == "answer_skills" and rollouts.student_pairs and all(rollouts.student_pairs):
             # OPSD+Skill: exactly the pairs the student was shown, not a re-retrieval
-            retrievals = [pairs_from_ids(self.retriever.bank, *ids) for ids in rollouts.student_pairs]
+            retrievals = pairs_from_ids(self.retriever.bank, rollouts.student_pairs)
         else:
             retrievals = list(self.retriever.retrieve(rollouts.problems))
         retrieval_time = time.perf_counter() - t0
@@ -225,18 +225,21 @@ class TeacherPass:
         return out.support
 
 
-def pairs_from_ids(bank, skill_ids: Sequence[str], mistake_ids: Sequence[str]) -> ProblemRetrieval:
-    """The rank-wise pairs of the given bank items (the ones a student prompt showed)."""
+def pairs_from_ids(bank, student_pairs: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[ProblemRetrieval]:
+    """Per rollout, the rank-wise pairs of the bank items its student prompt showed (their ids)."""
     skills = {s.skill_id: s for s in bank.general_skills}
     mistakes = {m.mistake_id: m for m in bank.common_mistakes}
-    missing = [i for i in skill_ids if i not in skills] + [i for i in mistake_ids if i not in mistakes]
-    if missing:
-        raise ValueError(f"the student's skill pairs name items {missing} that are not in the bank "
-                         f"{getattr(bank, 'source', '')}: the data was prepared with another bank")
-    count = min(len(skill_ids), len(mistake_ids))
-    return ProblemRetrieval(teachers=tuple(
-        TeacherPair(rank=k, skill=skills[skill_ids[k]], mistake=mistakes[mistake_ids[k]], skill_score=0.0,
-                    mistake_score=0.0, alpha=1.0 / count) for k in range(count)))
+    out = []
+    for skill_ids, mistake_ids in student_pairs:
+        missing = [i for i in skill_ids if i not in skills] + [i for i in mistake_ids if i not in mistakes]
+        if missing:
+            raise ValueError(f"the student's skill pairs name items {missing} that are not in the bank "
+                             f"{getattr(bank, 'source', '')}: the data was prepared with another bank")
+        count = min(len(skill_ids), len(mistake_ids))
+        out.append(ProblemRetrieval(teachers=tuple(
+            TeacherPair(rank=k, skill=skills[skill_ids[k]], mistake=mistakes[mistake_ids[k]], skill_score=0.0,
+                        mistake_score=0.0, alpha=1.0 / count) for k in range(count))))
+    return out
 
 
 def rollout_loss_inputs(record: TeacherFields, rollouts: Rollouts) -> LossInputs:

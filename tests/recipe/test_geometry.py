@@ -10,12 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from recipe.sgsd.geometry import GeometryError
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = ROOT / "recipe" / "sgsd" / "config"
 AR = "actor_rollout_ref"
 # the SGSD scripts' geometry before the fix: 16 problems x 1 rollout, fixed micro-batches
 PRE_FIX = ["data.train_batch_size=16", f"{AR}.actor.ppo_mini_batch_size=16", f"{AR}.rollout.n=1",
@@ -23,20 +21,11 @@ PRE_FIX = ["data.train_batch_size=16", f"{AR}.actor.ppo_mini_batch_size=16", f"{
            f"{AR}.ref.log_prob_micro_batch_size_per_gpu=4", "trainer.n_gpus_per_node=8"]
 
 
-def composed(overrides: list[str]):
-    from recipe.sgsd.main_sgsd import prepare_config
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return prepare_config(compose(config_name="sgsd_trainer", overrides=overrides))
-
-
 def geometry(overrides: list[str]):
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    """main_sgsd's start-up check on the prepared config ``overrides`` compose to."""
+    from recipe.sgsd.cpu.simulate import compose, geometry_of
 
-    from recipe.sgsd.main_sgsd import check_geometry
-
-    config = composed(overrides)
-    return check_geometry(config, need_reference_policy(config), need_critic(config))
+    return geometry_of(compose(overrides))
 
 
 def test_the_pre_fix_scripts_geometry_is_refused_naming_the_key_its_value_and_one_that_works():

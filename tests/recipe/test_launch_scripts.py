@@ -296,12 +296,10 @@ def _with(cfg, *overrides: str):
 
 def _geometry(cfg):
     """recipe.sgsd.geometry on a composed config, as main_sgsd (and SGSD_DRY_RUN) checks it."""
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from recipe.sgsd.cpu.simulate import geometry_of
+    from recipe.sgsd.main_sgsd import prepare_config
 
-    from recipe.sgsd.main_sgsd import check_geometry, prepare_config
-
-    cfg = prepare_config(cfg)
-    return check_geometry(cfg, need_reference_policy(cfg), need_critic(cfg))
+    return geometry_of(prepare_config(cfg))
 
 
 def test_build_bank_script_runs_the_cold_start_builder(tmp_path):

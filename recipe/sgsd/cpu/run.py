@@ -26,8 +26,26 @@ from recipe.sgsd.cpu.overrides import CPU_OVERRIDES, cpu_env
 ROOT = Path(__file__).resolve().parents[3]
 
 
+class RunFolder:
+    """A CPU training run's folder: verl's file-logger metrics and its checkpoints (needs ``workdir``)."""
+
+    workdir: Path
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.workdir / "metrics.jsonl"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.workdir / "checkpoints"
+
+    def metrics(self) -> list[dict]:
+        """One ``{"step": n, "data": {...}}`` per logged line, from verl's file logger."""
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+
 @dataclass
-class CPURun:
+class CPURun(RunFolder):
     """One CPU training run: where it lives and how big it is."""
 
     workdir: Path
@@ -55,14 +73,6 @@ class CPURun:
         from recipe.sgsd.variants import get_variant
 
         return self.variant is not None and get_variant(self.variant).student_skills
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.workdir / "metrics.jsonl"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.workdir / "checkpoints"
 
     def prepare(self) -> None:
         """Tiny model and parquet data, each built once (runs may share both)."""
@@ -141,9 +151,6 @@ class CPURun:
         except (OSError, ValueError):
             return 0
 
-    def metrics(self) -> list[dict]:
-        """One ``{"step": n, "data": {...}}`` per logged line, from verl's file logger."""
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
 
 
 # A random model with Qwen3's init (0.02) is nearly blind to its prompt, so every teacher

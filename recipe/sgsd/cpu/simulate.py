@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recipe.sgsd.cpu.overrides import CPU_OVERRIDES, cpu_env
+from recipe.sgsd.cpu.run import RunFolder, build_run_model, follow, write_run_data
 
 ROOT = Path(__file__).resolve().parents[3]
 ENTRY = "recipe.sgsd.main_sgsd"
@@ -84,7 +85,7 @@ class Change:
 
 
 @dataclass
-class Simulation:
+class Simulation(RunFolder):
     """A GPU script's overrides rewritten for R CPU ranks (see the module docstring)."""
 
     script_overrides: list[str]
@@ -114,14 +115,6 @@ class Simulation:
     @property
     def student_skills(self) -> bool:
         return (self.script_value("data.train_files") or "").endswith("_skills.parquet")
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.workdir / "metrics.jsonl"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.workdir / "checkpoints"
 
     # ------------------------------------------------------------------ the rewrite
     def _scale(self, key: str) -> str | None:
@@ -194,8 +187,6 @@ class Simulation:
 
     # ------------------------------------------------------------------ running it
     def prepare(self) -> None:
-        from recipe.sgsd.cpu.run import build_run_model, write_run_data
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.model_dir is None:
             self.model_dir = build_run_model(self.workdir / "tiny_qwen3")
@@ -214,8 +205,6 @@ class Simulation:
         env.update(self.env)
         return env
 
-    def metrics(self) -> list[dict]:
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
 
 
 def compose(overrides: list[str]):
@@ -307,8 +296,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     elif not check:
         print(f"[simulate] {GEOMETRY_ENV}=0: geometry not checked; verl asserts on its own")
-    from recipe.sgsd.cpu.run import follow
-
     log_path = sim.workdir / "train.log"
     print(f"[simulate] verl's trainer starts; its full output goes to {log_path}", flush=True)
     env = sim.environment()
