@@ -18,7 +18,16 @@ OUT_DIR=${OUT_DIR:-$ROOT/banks/$(basename "$MODEL_PATH" | tr 'A-Z' 'a-z')}
 NUM_PROBLEMS=${NUM_PROBLEMS:-256}              # Alg. 2's N
 SEED=${SEED:-0}
 
+# The release's cold start (skill/generate_math_memories.py, generate_math_skills.py,
+# merge_math_skills.py): every prompt through Qwen3's chat template without enable_thinking, i.e.
+# thinking on; the solutions sampled as the model is evaluated (T=1.0, top-p 0.95, 38912 tokens),
+# extraction and merge replies with 4096 tokens each (docs/decisions.md).
+SOLUTION_TOKENS=38912
+WRITER_TOKENS=4096
+
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export HF_XET_HIGH_PERFORMANCE="${HF_XET_HIGH_PERFORMANCE:-1}"
 
-python3 -m sgsd bank build --model "$WRITER" --data "$DATA" -o "$OUT_DIR" -n "$NUM_PROBLEMS" --seed "$SEED" "$@"
+python3 -m sgsd bank build --model "$WRITER" --data "$DATA" -o "$OUT_DIR" -n "$NUM_PROBLEMS" --seed "$SEED" \
+    --thinking --max-new-tokens "$SOLUTION_TOKENS" \
+    --writer-thinking --extract-max-new-tokens "$WRITER_TOKENS" --merge-max-new-tokens "$WRITER_TOKENS" "$@"

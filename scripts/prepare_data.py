@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a problem set as verl RL parquet (the files the run scripts' TRAIN_FILE/VAL_FILE read).
+r"""Write a problem set as verl RL parquet (the files the run scripts' TRAIN_FILE/VAL_FILE read).
 
 Each row's prompt is SGSD's student prompt (``sgsd.prompts.student_prompt``) as ONE user
 message; ``extra_info.problem`` keeps the plain statement for the teacher pass. Layout:
@@ -13,6 +13,11 @@ package, so ``python -m scripts.prepare_data`` would find the wrong one)::
     python3 scripts/prepare_data.py --input my.jsonl --output ~/data/sgsd/my.parquet --split train
     python3 scripts/prepare_data.py --dataset math500 --shuffle --seed 1 --limit 100
 
+    # GRPO+Skill / OPSD+Skill: the top-3 pairs per problem in the STUDENT prompt, retrieved with
+    # the GPU scripts' Qwen3-Embedding-0.6B (the defaults come from scripts/lib/retrieval.sh)
+    python3 scripts/prepare_data.py --dataset dapo-math-17k --student-skills qwen3_1.7b \
+        --output ~/data/sgsd/dapo-math-17k_skills.parquet
+
 Shipped sets: math_train, gsm8k (split train); aime24, aime25, hmmt25, amc2023, math500
 (split test). ``--input`` takes JSONL/JSON/parquet of ``problem``/``answer`` rows (+ optional
 ``solution``). DAPO-Math-17k is de-duplicated, stripped of its own answer-format
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -46,9 +52,18 @@ from sgsd.verl_data import (  # noqa: E402
 )
 
 DEFAULT_DIR = Path("~/data/sgsd")
+RETRIEVAL_SH = Path(__file__).resolve().parent / "lib" / "retrieval.sh"
+
+
+def gpu_retrieval_defaults(path: Path = RETRIEVAL_SH) -> dict[str, str]:
+    """The ``NAME=value`` lines of ``scripts/lib/retrieval.sh``, which the GPU scripts source: the
+    encoder and the student-prompt K of the +Skill data, kept in one place for both."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return {m[1]: m[2] for m in (re.match(r"([A-Z_]+)=(\S+)", line) for line in lines) if m}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    gpu = gpu_retrieval_defaults()
     parser = argparse.ArgumentParser(prog="prepare_data.py", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=[*SHIPPED_SETS, DAPO_NAME], help="a shipped set or dapo-math-17k")
     parser.add_argument("--input", type=Path, help="JSONL/JSON/parquet of problem/answer rows (with "
@@ -65,8 +80,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--student-skills", metavar="BANK",
                         help="GRPO+Skill / OPSD+Skill baselines: show each problem's retrieved skills and "
                              "mistakes in the STUDENT prompt (a bank path or shipped name; training data only)")
-    parser.add_argument("--student-skills-top-k", type=int, default=8, help="pairs shown (default 8)")
-    parser.add_argument("--encoder", default="all-MiniLM-L6-v2", help="retrieval encoder for --student-skills")
+    parser.add_argument("--student-skills-top-k", type=int, default=int(gpu["STUDENT_SKILLS_TOP_K"]),
+                        help="skill-mistake pairs shown (default %(default)s: the release's GRPO+Skill / OPSD+Skill, "
+                             "and the K the GPU scripts give OPSD+Skill's teacher)")
+    parser.add_argument("--encoder", default=gpu["SKILL_ENCODER"],
+                        help="retrieval encoder for --student-skills (default %(default)s: the GPU scripts' "
+                             "sgsd.encoder; all-MiniLM-L6-v2 is the packaged one, no model hub)")
     args = parser.parse_args(argv)
     if args.dataset is None and args.input is None:
         parser.error("give --dataset or --input")

@@ -4,6 +4,9 @@
 
 SGSD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
+# SKILL_ENCODER, STUDENT_SKILLS_TOP_K: the retrieval these scripts share with eval.sh and prepare_data.py.
+source "$SGSD_ROOT/scripts/lib/retrieval.sh"
+
 # `python3 -m recipe.sgsd.main_sgsd` from any folder; Ray workers on this node inherit it (on
 # other nodes of a multi-node run, install the project or set PYTHONPATH there too).
 export PYTHONPATH="$SGSD_ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -90,12 +93,19 @@ verl_overrides() {
 }
 
 # SGSD_OVERRIDES: the `sgsd:` section (recipe/sgsd/config/sgsd_trainer.yaml documents each key).
+# A variant with skills in the student prompt (OPSD+Skill) has one teacher that sees exactly the
+# student's pairs: sgsd.top_k is then the K its data was prepared with (main_sgsd refuses another).
 sgsd_overrides() {
+    local top_k=$TEACHERS
+    variant_info
+    if [[ "$VARIANT_STUDENT_SKILLS" == 1 ]]; then
+        top_k=$STUDENT_SKILLS_TOP_K
+    fi
     SGSD_OVERRIDES=(
         sgsd.bank_path="$BANK_PATH"
         sgsd.encoder="$ENCODER"
         sgsd.encoder_device="$ENCODER_DEVICE"
-        sgsd.top_k="$TEACHERS"
+        sgsd.top_k="$top_k"
         sgsd.teacher="$TEACHER"
         sgsd.student_thinking="$STUDENT_THINKING"
         sgsd.teacher_thinking="$TEACHER_THINKING"
@@ -105,6 +115,7 @@ sgsd_overrides() {
         sgsd.max_teacher_prompt_length="$TEACHER_PROMPT_LENGTH"
         sgsd.update.enable="$SKILL_UPDATE"
         "sgsd.update.writer='$SKILL_WRITER'"  # quoted for Hydra: a spec holds ':' and '#'
+        sgsd.update.enable_thinking="$UPDATE_THINKING"
         sgsd.update.freq="$UPDATE_FREQ"
         sgsd.update.success_threshold="$UPDATE_SUCCESS"
         sgsd.update.max_new_items="$UPDATE_MAX_NEW"
@@ -151,8 +162,9 @@ variant_overrides() {
     done < <(tail -n +4 <<<"$VARIANT_INFO")
     if [[ "$VARIANT_STUDENT_SKILLS" == 1 && ! -e "$TRAIN_FILE" && "${SGSD_DRY_RUN:-0}" != 1 ]]; then
         echo "VARIANT=$VARIANT trains with skills in the student prompt; write $TRAIN_FILE first:" >&2
-        echo "  python3 scripts/prepare_data.py --dataset math_train --student-skills BANK --encoder ENCODER --output $TRAIN_FILE" >&2
-        echo "  (the run's bank, encoder and K: an OPSD+Skill run refuses data prepared with others)" >&2
+        echo "  python3 scripts/prepare_data.py --dataset math_train --student-skills ${BANK_PATH:-BANK} --output $TRAIN_FILE" >&2
+        echo "  (its defaults are these scripts' encoder $SKILL_ENCODER and K $STUDENT_SKILLS_TOP_K;" >&2
+        echo "  an OPSD+Skill run refuses data prepared with another bank, encoder or K)" >&2
         return 2
     fi
 }

@@ -28,8 +28,9 @@ TEACHER_PROMPT_LENGTH=20000  # prompt length: the token budget of a teacher prom
 TEMPERATURE=1.1
 TOP_P=0.95
 TOP_K=20
-ENCODER=Qwen/Qwen3-Embedding-0.6B
-TEACHERS=8                   # K: the top-8 skill-mistake pairs, one teacher each
+ENCODER=$SKILL_ENCODER       # Qwen3-Embedding-0.6B (scripts/lib/retrieval.sh: eval.sh's and prepare_data.py's too)
+TEACHERS=8                   # K: the top-8 skill-mistake pairs, one teacher each (OPSD+Skill: its
+                             # data's STUDENT_SKILLS_TOP_K, see sgsd_overrides in lib/common.sh)
 TEACHER=live                 # the synchronized self-teacher
 STUDENT_THINKING=false
 TEACHER_THINKING=true
@@ -54,6 +55,8 @@ UPDATE_CAPACITY=30
 # Not in the paper: the official release's scripts/run_sgsd.sh, or chosen here.
 TRAIN_BATCH_SIZE=16          # problems per step = per optimizer step (release: 1 x 4 accum x 4 GPUs)
 GRAD_CLIP=0.1                # release: max_grad_norm 0.1
+UPDATE_THINKING=true         # the skill writer thinks: the release's updater renders Qwen3's chat template
+                             # without enable_thinking, whose default is on (docs/decisions.md)
 MAX_PROMPT_LENGTH=2048       # the student prompt is the problem alone
 TRAIN_TOKENS_PER_GPU=6144     # actor update: two full-length student sequences (2048 + 1024) per micro-batch
 ROLLOUT_TP=1

@@ -145,9 +145,9 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
     """The cold-start build (paper Alg. 2, :mod:`sgsd.build`); 0: bank written, 1: nothing extracted."""
     from sgsd import build
 
-    def settings(name, base, max_new_tokens, temperature):  # refusals name the field: generation.temperature
+    def settings(name, base, max_new_tokens, temperature, thinking):  # refusals name the field: generation.temperature
         with raising(CLIError, lambda exc: exc.named(f"{name}.{exc.name}")):
-            return _with(base, max_new_tokens=max_new_tokens, temperature=temperature)
+            return _with(base, max_new_tokens=max_new_tokens, temperature=temperature, enable_thinking=thinking)
 
     try:
         config = build.BuildConfig(
@@ -155,11 +155,11 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
             skills_per_success=args.skills_per_success, mistakes_per_failure=args.mistakes_per_failure,
             group_size=args.group_size, patience=args.patience,
             generation=settings("generation", build.DEFAULT_GENERATION_SETTINGS, args.max_new_tokens,
-                                args.temperature),
+                                args.temperature, args.thinking),
             extraction=settings("extraction", build.DEFAULT_EXTRACTION_SETTINGS, args.extract_max_new_tokens,
-                                args.writer_temperature),
+                                args.writer_temperature, args.writer_thinking),
             merge=settings("merge", build.DEFAULT_MERGE_SETTINGS, args.merge_max_new_tokens,
-                           args.writer_temperature))
+                           args.writer_temperature, args.writer_thinking))
         result = build.build_bank(args.output, args.data, args.model, config=config, progress=not args.quiet)
     except build.BuildError as exc:
         raise CLIError(str(exc)) from None
@@ -241,6 +241,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--merge-max-new-tokens", type=int, default=None, help="tokens per merge reply (default 4096)")
     build.add_argument("--writer-temperature", type=float, default=None,
                        help="extraction and merge temperature (default 0.6)")
+    build.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
+                       help="chat-template thinking for the solutions (default off; scripts/build_bank.sh: on)")
+    build.add_argument("--writer-thinking", action=argparse.BooleanOptionalAction, default=None,
+                       help="thinking for extraction and merge replies (default off; scripts/build_bank.sh: on)")
     build.add_argument("--skills-per-success", type=int, default=3, help="general skills kept per success (3)")
     build.add_argument("--mistakes-per-failure", type=int, default=3, help="common mistakes kept per failure (3)")
     build.add_argument("--group-size", type=int, default=32, help="items per merge call, H (default 32)")

@@ -89,7 +89,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     help="client arguments as KEY=VALUE&KEY=VALUE, e.g. 'tensor_parallel_size=2&max_model_len=40960'")
     ev.add_argument("--skills", help="Base+Skill: show the student skills retrieved from this bank (path or name)")
     ev.add_argument("--skills-top-k", type=int, default=8, help="skill-mistake pairs shown (default 8)")
-    ev.add_argument("--encoder", default=None, help="retrieval encoder (default: packaged all-MiniLM-L6-v2)")
+    ev.add_argument("--encoder", default=None,
+                    help="retrieval encoder (default: the packaged all-MiniLM-L6-v2; scripts/eval.sh passes the GPU "
+                         "scripts' Qwen/Qwen3-Embedding-0.6B, the paper's)")
     ev.add_argument("--limit", type=int, default=None, help="only the first N problems of each dataset")
     ev.add_argument("--batch-size", type=int, default=256, help="samples per generate call and per save")
     ev.add_argument("--keep-merged", action="store_true", help="keep OUT/merged_model after completing")

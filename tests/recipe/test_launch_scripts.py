@@ -163,6 +163,7 @@ def test_sgsd_scripts_carry_the_paper_values(dry_runs, script, model, bank):
     update = sgsd["update"]  # not sgsd.update: DictConfig.update is a method
     assert (update.freq, update.success_threshold, update.max_new_items, update.capacity) == (25, 0.8, 5, 30)
     assert update.enable is True and update.writer == "policy"  # Alg. 4 on, the policy writes
+    assert update.enable_thinking is True  # the release's writer thinks (Qwen3's template default)
     assert sgsd.ablation.loss_type == "gated" and sgsd.ablation.use_polarity is True
 
 
@@ -313,6 +314,113 @@ def test_build_bank_script_runs_the_cold_start_builder(tmp_path):
     assert "no skill or mistake could be extracted from 3 memories" in done.stderr
     build = json.loads((out / "build.json").read_text())
     assert build["counts"]["problems"] == 3 and not (out / "bank.json").exists()
+    # the release's cold start: thinking on, solutions with the evaluation's budget, 4096-token writer replies
+    settings = build["settings"]
+    assert (settings["generation"]["enable_thinking"], settings["generation"]["max_new_tokens"]) == (True, 38912)
+    for step in ("extraction", "merge"):
+        assert (settings[step]["enable_thinking"], settings[step]["max_new_tokens"]) == (True, 4096), step
+
+
+# ----------------------------------------------------------------- the skill baselines' retrieval
+def _prepare_data_module():
+    spec = importlib.util.spec_from_file_location("sgsd_prepare_data_script", SCRIPTS / "prepare_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _eval_script_argv(tmp_path, **env) -> list[str]:
+    fake = _recording_python(tmp_path)
+    argv_out = tmp_path / "eval_argv"
+    done = subprocess.run(["bash", str(SCRIPTS / "eval.sh")], cwd=tmp_path, text=True, capture_output=True,
+                          timeout=60, env=_env(fake.parent, ARGV_OUT=str(argv_out), **env))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return argv_out.read_text().split("\0")[:-1]
+
+
+def test_every_skill_method_retrieves_with_the_gpu_scripts_encoder(dry_runs, tmp_path):
+    """SGSD's teachers (sgsd.encoder), Base+Skill (eval.sh) and the +Skill data (prepare_data.py's
+    default) use one encoder, Qwen3-Embedding-0.6B (paper Sec. 4.1, Tab. 12), from one variable."""
+    sourced = subprocess.run(["bash", "-c", f'source "{SCRIPTS}/lib/retrieval.sh"; '
+                              'printf "%s %s" "$SKILL_ENCODER" "$STUDENT_SKILLS_TOP_K"'],
+                             capture_output=True, text=True, check=True).stdout
+    prepare = _prepare_data_module()
+    parsed = prepare.gpu_retrieval_defaults()
+    assert sourced == f"{parsed['SKILL_ENCODER']} {parsed['STUDENT_SKILLS_TOP_K']}" == "Qwen/Qwen3-Embedding-0.6B 3"
+    encoders = {_config(dry_runs, s).sgsd.encoder for s, e in RUN_SCRIPTS.items() if e == "sgsd"}
+    argv = _eval_script_argv(tmp_path, SKILLS="qwen3_1.7b")
+    args = prepare.parse_args(["--dataset", "math_train", "--student-skills", "qwen3_1.7b"])
+    assert encoders | {argv[argv.index("--encoder") + 1], args.encoder} == {"Qwen/Qwen3-Embedding-0.6B"}
+    assert args.student_skills_top_k == 3
+    argv = _eval_script_argv(tmp_path, SKILLS="qwen3_1.7b", ENCODER="/enc/other")  # the override
+    assert argv[argv.index("--encoder") + 1] == "/enc/other"
+
+
+@pytest.mark.parametrize("script", [s for s, estimator in RUN_SCRIPTS.items() if estimator == "sgsd"])
+def test_opsd_skill_gives_its_teacher_as_many_pairs_as_the_skill_data_shows(tmp_path, script):
+    """The +Skill data shows 3 pairs (the release's --skills_top_k 3), so OPSD+Skill's teacher is
+    given sgsd.top_k=3; SGSD keeps its 8 teachers; the caller's override still wins."""
+    default_k = _prepare_data_module().parse_args(["--dataset", "math_train"]).student_skills_top_k
+    assert _recorded_config(tmp_path, script, VARIANT="opsd_skill", SGSD_DRY_RUN="1").sgsd.top_k == default_k == 3
+    assert _recorded_config(tmp_path, script).sgsd.top_k == 8
+    assert _recorded_config(tmp_path, script, "sgsd.top_k=5", VARIANT="opsd_skill", SGSD_DRY_RUN="1").sgsd.top_k == 5
+
+
+def test_a_missing_skill_file_is_refused_with_the_command_that_writes_it(tmp_path):
+    fake = _recording_python(tmp_path)
+    missing = tmp_path / "none.parquet"
+    done = subprocess.run(["bash", str(SCRIPTS / "run_sgsd_qwen3_1.7b.sh")], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=60, env=_env(fake.parent, ARGV_OUT=str(tmp_path / "argv"),
+                                                                    VARIANT="opsd_skill", TRAIN_FILE=str(missing)))
+    assert done.returncode == 2 and not (tmp_path / "argv").exists()
+    assert f"prepare_data.py --dataset math_train --student-skills qwen3_1.7b --output {missing}\n" in done.stderr
+    assert "encoder Qwen/Qwen3-Embedding-0.6B and K 3;" in done.stderr
+
+
+def test_the_documented_opsd_skill_commands_pass_the_start_check(tmp_path, shipped_bank):
+    """docs/reproduce.md: prepare_data.py --student-skills BANK with its defaults, then
+    VARIANT=opsd_skill with the same bank (a slice of the shipped one: fewer texts to encode).
+    The packaged MiniLM stands in for Qwen3-Embedding on both sides (no model hub here; the test
+    above shows both sides default to one encoder); the real start check reads the data's
+    record and compares bank, encoder and K."""
+    from recipe.sgsd.main_sgsd import prepare_config
+    from sgsd.config import ConfigError
+
+    bank = shipped_bank.with_items(general_skills=shipped_bank.general_skills[:4],
+                                   common_mistakes=shipped_bank.common_mistakes[:4]).save(tmp_path / "bank.json")
+    data = tmp_path / "skills.parquet"
+    assert _prepare_data_module().main(["--dataset", "math_train", "--limit", "4", "--student-skills", str(bank),
+                                        "--encoder", "all-MiniLM-L6-v2", "--output", str(data)]) == 0
+    cfg = _recorded_config(tmp_path, "run_sgsd_qwen3_1.7b.sh", "sgsd.encoder=all-MiniLM-L6-v2",
+                           VARIANT="opsd_skill", TRAIN_FILE=str(data), BANK_PATH=str(bank))
+    assert prepare_config(cfg).sgsd.top_k == 3
+    with pytest.raises(ConfigError, match=r"sgsd\.top_k: the data's 3 \(prepared\), this run's 8"):
+        prepare_config(_with(cfg, "sgsd.top_k=8"))
+
+
+def test_reproduce_md_gives_every_variant_its_command_and_names_no_other():
+    """docs/reproduce.md's table maps the paper's rows and curves to `VARIANT=<name>`: each name
+    there (and in the README) is a real variant, and each variant but the scripts' defaults
+    (sgsd, grpo) is there."""
+    from recipe.sgsd.variants import VARIANTS
+
+    docs = ("docs/reproduce.md", "README.md")
+    named = {doc: set(re.findall(r"VARIANT=(\w+)", (ROOT / doc).read_text())) for doc in docs}
+    for doc, names in named.items():
+        assert names <= set(VARIANTS), (doc, names - set(VARIANTS))
+    missing = set(VARIANTS) - {"sgsd", "grpo"} - named["docs/reproduce.md"]
+    assert not missing, missing
+
+
+def test_the_releases_opsd_length_composes_and_fits_every_gpu_count(tmp_path):
+    """docs/reproduce.md: OPSD as the release's run_opsd.sh trained it, 300 steps of 32 problems."""
+    cfg = _recorded_config(tmp_path, "run_sgsd_qwen3_8b.sh", "trainer.total_training_steps=300",
+                           "data.train_batch_size=32", "actor_rollout_ref.actor.ppo_mini_batch_size=32",
+                           VARIANT="opsd", EXPERIMENT_NAME="opsd_300x32_qwen3_8b")
+    assert (cfg.trainer.total_training_steps, cfg.data.train_batch_size) == (300, 32)
+    assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 32 and cfg.trainer.save_freq == 25
+    for gpus in (1, 2, 4, 8):
+        assert _geometry(_with(cfg, f"trainer.n_gpus_per_node={gpus}")).dp == gpus
 
 
 def _recording_python(tmp_path: Path) -> Path:

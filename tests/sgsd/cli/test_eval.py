@@ -74,6 +74,20 @@ def test_eval_script_passes_the_papers_protocol_and_the_callers_flags(tmp_path):
     argv, out = _script_argv(tmp_path, MODEL_PATH="/m/Qwen3-1.7B", LORA_PATH="/a/run7/", OUT_DIR=str(tmp_path / "o"))
     args = build_parser().parse_args(argv)
     assert (args.model, args.lora, out) == ("/m/Qwen3-1.7B", "/a/run7/", tmp_path / "o")
+    assert args.skills is None and args.encoder is None  # the plain rows retrieve nothing
+
+
+def test_eval_script_retrieves_base_skill_pairs_with_the_papers_encoder_unless_told_otherwise(tmp_path):
+    """Base+Skill retrieves with Qwen3-Embedding-0.6B, as SGSD's teachers do in the GPU scripts
+    (tests/recipe/test_launch_scripts.py checks the two read one variable); ENCODER= and a
+    caller's --encoder win."""
+    argv, _ = _script_argv(tmp_path, SKILLS="qwen3_1.7b", MODEL_PATH="Qwen/Qwen3-1.7B")
+    args = build_parser().parse_args(argv)
+    assert (args.skills, args.encoder, args.skills_top_k) == ("qwen3_1.7b", "Qwen/Qwen3-Embedding-0.6B", 8)
+    argv, _ = _script_argv(tmp_path, SKILLS="qwen3_1.7b", ENCODER="all-MiniLM-L6-v2")
+    assert build_parser().parse_args(argv).encoder == "all-MiniLM-L6-v2"
+    argv, _ = _script_argv(tmp_path, "--encoder", "/enc/mine", SKILLS="qwen3_1.7b")
+    assert build_parser().parse_args(argv).encoder == "/enc/mine"
 
 
 @pytest.mark.parametrize("argv, message", [
