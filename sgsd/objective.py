@@ -15,6 +15,19 @@ Teachers are stop-gradient: the gradient reaches the policy only through the stu
 log-probs, ``-dL/dlogpS_t = sum_k alpha_k rho_k m_t / Z * g(Delta[k, t])`` (eq. 19), with
 ``g`` the bounded derivative of eq. 17. Polarity is decided on *detached* student
 log-probs; the loss uses the live ones.
+
+Distribution losses (paper Sec. 4.4, Fig. 3a and 3c; the OPSD baseline) need more than the
+sampled token: each teacher's top-k token ids per position with their full-vocabulary
+log-probs, and the student's log-probs at the same ids. On that truncated support:
+
+* :func:`topk_forward_kl` ``KL(pT || pS)`` and :func:`topk_jsd` (generalised JSD) over the
+  k ids plus ONE tail bin holding the rest of each distribution's mass (``1 - sum_k p``),
+  so the result is the divergence of the coarse-grained distributions (k ids + "other"):
+  exact when the top-k holds all of the teacher's mass, and never above the full-vocabulary
+  divergence (data processing inequality);
+* :func:`local_support` (Fig. 3a): teacher and student renormalised on the teacher's top-k
+  ids plus the sampled token, giving the local sampled-token gap (polarity) and the local
+  forward KL (what the gate is applied to).
 """
 
 from __future__ import annotations
@@ -28,20 +41,32 @@ import torch
 from sgsd.checks import check
 
 __all__ = [
+    "DISTRIBUTION_LOSSES",
+    "LOSS_TYPES",
     "LossType",
     "ObjectiveConfig",
     "SGSDOutput",
     "gated_loss",
     "gated_loss_grad",
+    "local_support",
     "robust_support",
     "sampled_rkl_loss",
     "sgsd_objective",
     "support_quantiles",
+    "tail_log_mass",
     "teacher_polarity",
+    "topk_forward_kl",
+    "topk_jsd",
 ]
 
 LOG2 = math.log(2.0)
-LossType = Literal["gated", "sampled_rkl"]
+LossType = Literal["gated", "sampled_rkl", "local_gated", "fkl", "jsd"]
+LOSS_TYPES: tuple[str, ...] = ("gated", "sampled_rkl", "local_gated", "fkl", "jsd")
+# Loss types that read each teacher's top-k distribution (``divergence`` in sgsd_objective).
+DISTRIBUTION_LOSSES: tuple[str, ...] = ("local_gated", "fkl", "jsd")
+# Smallest tail mass a truncated distribution is given (its log is -27.6): the tail of a
+# top-k that holds (to rounding) all the mass is 0, and log 0 must not reach a gradient.
+TAIL_FLOOR = 1e-12
 
 
 def gated_loss(delta: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -73,6 +98,104 @@ def sampled_rkl_loss(delta: torch.Tensor) -> torch.Tensor:
     designed to bound (paper Sec. 2.5, Fig. 3c "divergence variants").
     """
     return 0.5 * delta * delta
+
+
+def tail_log_mass(log_probs: torch.Tensor) -> torch.Tensor:
+    """``log(1 - sum_i exp(log_probs[..., i]))``: the log-mass outside a truncated support.
+
+    ``log_probs`` are full-vocabulary log-probs of some ids (last dim). The mass is floored
+    at :data:`TAIL_FLOOR` (rounding can put the sum of a near-complete top-k at or above 1).
+    Differentiable: ``d/d lp_i = -p_i / tail``.
+    """
+    inside = torch.logsumexp(log_probs, dim=-1).clamp(max=math.log1p(-TAIL_FLOOR))
+    return torch.log(-torch.expm1(inside))
+
+
+def _kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``p (log p - log q)``, 0 where ``p`` is 0 (``log p = -inf``)."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+
+
+def topk_forward_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor,
+                    term_clip: float | None = None) -> torch.Tensor:
+    """Forward KL ``KL(pT || pS)`` on the teacher's top-k ids plus a tail bin.
+
+    Args:
+        teacher_logp: ``[..., k]`` the teacher's full-vocabulary log-probs of its top-k ids
+            (treated as constants).
+        student_logp: ``[..., k]`` the student's full-vocabulary log-probs of the SAME ids
+            (with gradient).
+        term_clip: upper clip of each id's term ``pT_i (log pT_i - log pS_i)`` before the
+            sum (the official release's OPSD ``jsd_token_clip``, which clamps its elementwise
+            ``kl_div`` output, i.e. per vocabulary entry); None: no clip. The tail bin's term
+            is not clipped (it stands for many ids, each far below a clip of 0.05).
+
+    Returns:
+        ``[...]``: ``sum_i pT_i (log pT_i - log pS_i) + tT (log tT - log tS)``, with ``t`` the
+        mass outside the ids (:func:`tail_log_mass`). >= 0 without a clip.
+    """
+    teacher_logp = teacher_logp.detach()
+    terms = _kl_terms(teacher_logp, student_logp)
+    if term_clip is not None:
+        terms = terms.clamp(max=term_clip)
+    tail = _kl_terms(tail_log_mass(teacher_logp), tail_log_mass(student_logp))
+    return terms.sum(-1) + tail
+
+
+def topk_jsd(teacher_logp: torch.Tensor, student_logp: torch.Tensor, beta: float = 0.5,
+             term_clip: float | None = None) -> torch.Tensor:
+    """Generalised Jensen-Shannon divergence on the teacher's top-k ids plus a tail bin.
+
+    ``JSD_beta = beta KL(pT || M) + (1 - beta) KL(pS || M)`` with the mixture
+    ``M = beta pT + (1 - beta) pS`` (Agarwal et al.'s GKD; ``beta = 0.5`` is the symmetric
+    JSD, bounded by ``log 2``). Inputs as :func:`topk_forward_kl`; ``term_clip`` clips each
+    id's combined term; the tail bin (mixture of the two tails) is not clipped.
+    """
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"beta must be in (0, 1), got {beta}")
+    teacher_logp = teacher_logp.detach()
+
+    def mixed(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        m = torch.logaddexp(t + math.log(beta), s + math.log1p(-beta))
+        return beta * _kl_terms(t, m) + (1.0 - beta) * _kl_terms(s, m)
+
+    terms = mixed(teacher_logp, student_logp)
+    if term_clip is not None:
+        terms = terms.clamp(max=term_clip)
+    return terms.sum(-1) + mixed(tail_log_mass(teacher_logp), tail_log_mass(student_logp))
+
+
+def local_support(teacher_logp: torch.Tensor, student_logp: torch.Tensor, teacher_sampled: torch.Tensor,
+                  student_sampled: torch.Tensor, sampled_in_topk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student renormalised on a local support (paper Sec. 4.4, Fig. 3a).
+
+    The support of a position is the teacher's top-k ids plus the sampled token ``y_t``
+    when it is not among them (it must stay scorable for the polarity); both distributions
+    are renormalised on it: ``p~(v) = p(v) / sum_{u in S} p(u)``.
+
+    Args:
+        teacher_logp, student_logp: ``[..., k]`` full-vocabulary log-probs of the teacher's
+            top-k ids under each (teacher constant, student with gradient).
+        teacher_sampled, student_sampled: ``[...]`` full-vocabulary log-probs of ``y_t``.
+        sampled_in_topk: ``[...]`` bool, ``y_t`` is one of the k ids.
+
+    Returns:
+        ``(gap, kl)``, each ``[...]``: the local sampled-token gap
+        ``log p~T(y_t) - log p~S(y_t)`` (what the support score and polarity read, in place
+        of eq. 7's full-vocabulary gap) and the local forward KL ``KL(p~T || p~S)`` over the
+        support (what the gate of eq. 14 is applied to).
+    """
+    teacher_logp, teacher_sampled = teacher_logp.detach(), teacher_sampled.detach()
+    extra = torch.full_like(teacher_sampled, -math.inf)
+    t = torch.cat([teacher_logp, torch.where(sampled_in_topk, extra, teacher_sampled).unsqueeze(-1)], -1)
+    s = torch.cat([student_logp, torch.where(sampled_in_topk, extra.to(student_logp.dtype),
+                                             student_sampled).unsqueeze(-1)], -1)
+    t_norm, s_norm = torch.logsumexp(t, -1), torch.logsumexp(s, -1)
+    gap = (teacher_sampled - t_norm) - (student_sampled - s_norm)
+    t_local = t - t_norm.unsqueeze(-1)
+    s_local = torch.where(torch.isfinite(t_local), s - s_norm.unsqueeze(-1), torch.zeros_like(s))
+    return gap, _kl_terms(t_local, s_local).sum(-1)
 
 
 def robust_support(
@@ -136,15 +259,27 @@ class ObjectiveConfig:
     use_clip: bool = True  # False: support on raw gaps
     use_threshold: bool = True  # False: eps_a = 0
     use_polarity: bool = True  # False: rho = +1 for every present teacher (collapses, Fig. 4)
-    loss_type: LossType = "gated"  # or "sampled_rkl" (unbounded delta^2/2)
+    # gated (eq. 14 on the sampled-token gap) | sampled_rkl (unbounded delta^2/2) | local_gated
+    # (eq. 14 on the local forward KL of the teacher's top-k support, Fig. 3a) | fkl | jsd
+    # (the top-k divergence itself as the token loss, Fig. 3c; the OPSD baseline is fkl)
+    loss_type: LossType = "gated"
+    divergence_clip: float | None = None  # fkl / jsd: upper clip of each id's term (release OPSD: 0.05)
+    jsd_beta: float = 0.5  # jsd: mixture weight of the teacher
 
     def __post_init__(self) -> None:
         check("tau", self.tau, self.tau > 0, "> 0")
         check("clip", self.clip, self.clip > 0, "> 0")
         check("threshold", self.threshold, self.threshold >= 0, ">= 0")
         check("eps", self.eps, self.eps > 0, "> 0")
-        if self.loss_type not in ("gated", "sampled_rkl"):
-            raise ValueError(f"loss_type must be 'gated' or 'sampled_rkl', got {self.loss_type!r}")
+        check("loss_type", self.loss_type, self.loss_type in LOSS_TYPES, "one of " + ", ".join(LOSS_TYPES))
+        if self.divergence_clip is not None:
+            check("divergence_clip", self.divergence_clip, self.divergence_clip > 0, "> 0 or null")
+        check("jsd_beta", self.jsd_beta, 0.0 < self.jsd_beta < 1.0, "in (0, 1)")
+
+    @property
+    def uses_distribution(self) -> bool:
+        """The loss reads each teacher's top-k distribution (``divergence`` in :func:`sgsd_objective`)."""
+        return self.loss_type in DISTRIBUTION_LOSSES
 
 
 @dataclass
@@ -172,6 +307,8 @@ def sgsd_objective(
     config: ObjectiveConfig = ObjectiveConfig(),
     *,
     response_mask: torch.Tensor | None = None,
+    divergence: torch.Tensor | None = None,
+    support_gap: torch.Tensor | None = None,
 ) -> SGSDOutput:
     """Per-problem SGSD loss, eqs. 7 and 11-16.
 
@@ -187,6 +324,12 @@ def sgsd_objective(
         response_mask: ``[B, T]`` valid response tokens; required when
             ``config.use_token_mask`` is False (then it replaces ``mask``), and used for
             the ``mask_keep_frac`` metric.
+        divergence: ``[B, K, T]`` per-token divergence of each teacher on its top-k support
+            (with gradient through the student), required by the distribution loss types:
+            :func:`topk_forward_kl` / :func:`topk_jsd` for ``fkl`` / ``jsd`` (the token loss
+            itself), the local KL of :func:`local_support` for ``local_gated`` (gated).
+        support_gap: ``[B, K, T]`` the gap the support score reads instead of eq. 7's
+            (``local_gated``: the local sampled-token gap of :func:`local_support`).
     """
     B, T = student_logp.shape
     if teacher_logp.dim() != 3 or teacher_logp.shape[0] != B or teacher_logp.shape[2] != T:
@@ -211,9 +354,17 @@ def sgsd_objective(
     teacher = torch.where(present.unsqueeze(-1), teacher_logp.detach().to(dtype),
                           student_logp.detach().unsqueeze(1))
 
+    if config.uses_distribution and (divergence is None or divergence.shape != teacher_logp.shape):
+        raise ValueError(f"loss_type={config.loss_type!r} needs divergence [B={B}, K={K}, T={T}], got "
+                         f"{None if divergence is None else tuple(divergence.shape)}")
+    if config.loss_type == "local_gated" and (support_gap is None or support_gap.shape != teacher_logp.shape):
+        raise ValueError(f"loss_type='local_gated' needs support_gap [B={B}, K={K}, T={T}]")
+
     # Polarity from the detached gap (eqs. 11-13): a decision, not a differentiable path.
     with torch.no_grad():
         delta_detached = teacher - student_logp.detach().unsqueeze(1)
+        if config.loss_type == "local_gated":
+            delta_detached = torch.where(present.unsqueeze(-1), support_gap.detach().to(dtype), 0.0)
         support = robust_support(delta_detached, m, config.clip if config.use_clip else None, config.eps)
         threshold = config.threshold if config.use_threshold else 0.0
         validated = teacher_polarity(support, outcome_sign, threshold) * present
@@ -222,8 +373,15 @@ def sgsd_objective(
     # Gated loss on the UNclipped live gap (eqs. 14-16); masked positions are zeroed
     # before the loss so inf/NaN in padding cannot leak in (0 * inf = NaN).
     delta = teacher - student_logp.unsqueeze(1)  # [B, K, T]
+    if config.uses_distribution:  # the teacher's top-k divergence takes the sampled gap's place
+        delta = torch.where(present.unsqueeze(-1), divergence.to(dtype), 0.0)
     delta = torch.where(m > 0, delta, torch.zeros_like(delta))
-    token_loss = gated_loss(delta, config.tau) if config.loss_type == "gated" else sampled_rkl_loss(delta)
+    if config.loss_type in ("gated", "local_gated"):
+        token_loss = gated_loss(delta, config.tau)
+    elif config.loss_type == "sampled_rkl":
+        token_loss = sampled_rkl_loss(delta)
+    else:  # fkl / jsd: the divergence is the token loss
+        token_loss = delta
     lbar = (token_loss * m).sum(-1) / (m.sum(-1) + config.eps)  # [B, K]
     loss = (alpha.to(dtype) * rho * lbar).sum(-1)  # [B]
 
