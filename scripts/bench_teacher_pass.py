@@ -17,6 +17,11 @@
    step for the teacher scoring call, the old log-prob pass and the actor update, and their
    ratios fixed / dynamic (> 1: dynamic is faster). The GPU scripts' choice rests on it.
 
+4. Top-k (``--compare-topk 100``): the same K=8 run with the sampled-token objective and with
+   the forward KL of each teacher's top-100 distribution (``sgsd.teacher_topk``, verl's logits
+   hook on both sides): teacher scoring throughput, the teacher pass's peak extra memory and the
+   actor update's seconds per step, and their ratios top-k / sampled, at Qwen3's vocabulary.
+
 Each run is a real ``recipe.sgsd.main_sgsd`` run (CPU backend, hf rollout); figures are the
 median over the steps after the first (which includes warm-up).
 """
@@ -62,10 +67,10 @@ def micro_batch_overrides(sequences: int) -> list[str]:
 
 
 def run_once(workdir: Path, model_dir: Path, top_k: int, steps: int, token_budget: int,
-             micro_batch: int | None = None) -> dict:
+             micro_batch: int | None = None, extra: tuple[str, ...] = ()) -> dict:
     batching = budget_overrides(token_budget) if micro_batch is None else micro_batch_overrides(micro_batch)
     run = CPURun(workdir, steps=steps, top_k=top_k, model_dir=model_dir, env={"SGSD_PROBE_MEMORY": "1"},
-                 extra=["trainer.save_freq=-1", *batching])
+                 extra=["trainer.save_freq=-1", *batching, *extra])
     done = run.run(capture=True)
     if done.returncode != 0:
         raise SystemExit(f"training run K={top_k} failed:\n{done.stderr[-4000:]}")
@@ -97,6 +102,19 @@ def compare_batching(root: Path, model_dir: Path, steps: int, token_budget: int,
               f"{fixed[key]:6.2f}   fixed / dynamic {fixed[key] / dynamic[key]:.2f}")
 
 
+def compare_topk(root: Path, model_dir: Path, steps: int, token_budget: int, ids: int) -> None:
+    sampled = run_once(root / "k8", model_dir, 8, steps, token_budget)
+    topk = run_once(root / f"k8_top{ids}", model_dir, 8, steps, token_budget,
+                    extra=("sgsd.ablation.loss_type=fkl", f"sgsd.teacher_topk={ids}"))
+    print(f"Teacher top-{ids} distribution vs sampled token, verl's trainer on CPU (tiny Qwen3, vocab "
+          f"{QWEN3_VOCAB:,}, B=4, K=8, {token_budget} tokens per micro-batch):")
+    rows = (("teacher scoring tok/s", "teacher_scoring_tps"), ("whole teacher pass tok/s", "teacher_pass_tps"),
+            ("teacher pass peak extra MB", "teacher_peak_extra_mb"), ("actor update s/step", "update_actor_s"))
+    for name, key in rows:
+        print(f"  {name:27s} sampled {sampled[key]:9.1f}   top-{ids} {topk[key]:9.1f}   "
+              f"top-{ids} / sampled {topk[key] / sampled[key]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3)
@@ -106,6 +124,9 @@ def main() -> None:
     parser.add_argument("--compare-batching", action="store_true",
                         help="time dynamic batch sizing against fixed micro-batches (3. above)")
     parser.add_argument("--micro-batch", type=int, default=2, help="sequences per fixed micro-batch (3. above)")
+    parser.add_argument("--compare-topk", type=int, default=0, metavar="K_IDS",
+                        help="time and measure the teacher's top-K_IDS distribution pass (sgsd.teacher_topk, the "
+                             "fkl loss) against the sampled-token pass (4. above)")
     args = parser.parse_args()
     root = Path(args.workdir).resolve()
     model_dir = root / "tiny_qwen3_vocab151936"
@@ -113,6 +134,9 @@ def main() -> None:
         build_tiny_model(model_dir, pad_vocab_to=QWEN3_VOCAB, initializer_range=0.3)
     if args.compare_batching:
         compare_batching(root, model_dir, args.steps, args.token_budget or 1024, args.micro_batch)
+        return
+    if args.compare_topk:
+        compare_topk(root, model_dir, args.steps, args.token_budget or 1024, args.compare_topk)
         return
     k8 = run_once(root / "k8", model_dir, 8, args.steps, args.token_budget)
     k1 = run_once(root / "k1", model_dir, 1, args.steps, args.token_budget)

@@ -40,6 +40,13 @@ def response_log_probs(model, prompt: torch.Tensor, response: torch.Tensor, temp
     return full[len(prompt) - 1: len(prompt) + len(response) - 1]
 
 
+def response_distribution(model, prompt: torch.Tensor, response: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Full-vocabulary log-probs ``[T, V]`` at each response position (no gradient)."""
+    with torch.no_grad():
+        logits = model(torch.cat([prompt, response])[None]).logits[0].float() / temperature
+    return torch.log_softmax(logits[len(prompt) - 1: len(prompt) + len(response) - 1], -1)
+
+
 class HFScorer:
     """A :class:`recipe.sgsd.teacher_pass.TeacherScorer` over a transformers model."""
 
@@ -47,10 +54,19 @@ class HFScorer:
         self.model, self.temperature = model, temperature
         self.calls: list[int] = []  # sequences per call
 
-    def __call__(self, prompt_ids: Sequence[Sequence[int]], responses, response_masks) -> list[torch.Tensor]:
+    def __call__(self, prompt_ids: Sequence[Sequence[int]], responses, response_masks, topk: int = 0) -> list:
+        from recipe.sgsd.teacher_pass import TeacherScores
+
         self.calls.append(len(prompt_ids))
-        return [response_log_probs(self.model, torch.tensor(list(p)), r, self.temperature)
-                for p, r in zip(prompt_ids, responses)]
+        out = []
+        for p, r in zip(prompt_ids, responses):
+            if not topk:
+                out.append(response_log_probs(self.model, torch.tensor(list(p)), r, self.temperature))
+                continue
+            full = response_distribution(self.model, torch.tensor(list(p)), r, self.temperature)
+            top = full.topk(topk, -1)
+            out.append(TeacherScores(full.gather(-1, r[:, None]).squeeze(-1), top.indices, top.values))
+        return out
 
 
 def student_prompt_ids(tokenizer, row: dict, enable_thinking: bool = False) -> torch.Tensor:
@@ -104,5 +120,66 @@ def actor_loss(model, loss_fn, prompts: Sequence[torch.Tensor], rollouts, record
     log_probs = [sequence_log_probs(model, torch.cat([p, r]), temperature) for p, r in zip(prompts, rollouts.responses)]
     from recipe.sgsd.teacher_pass import jagged
 
-    model_output = {"log_probs": jagged(log_probs)}
+    model_output = {"log_probs": jagged(log_probs), **logits_hook(model, loss_fn, data, temperature)}
     return loss_fn(model_output, data)
+
+
+def logits_hook(model, loss_fn, data, temperature: float = 1.0) -> dict:
+    """What verl's FSDP engine adds to ``model_output`` when a distribution loss asks for its
+    logits hook: the packed logits of the micro-batch go to ``loss_fn(student_logits=...)``,
+    each per-token output comes back as a nested tensor over the packed sequences."""
+    if not loss_fn.objective.uses_distribution:
+        return {}
+    logits = torch.cat([model(ids[None]).logits[0].float() / temperature for ids in data["input_ids"].unbind()])
+    offsets = data["input_ids"].offsets()
+    return {key: torch.nested.nested_tensor_from_jagged(value.squeeze(0), offsets)
+            for key, value in loss_fn(student_logits=logits[None], data=data).items()}
+
+
+def full_distribution_objective(model, prompts, rollouts, result, objective, k: int):
+    """The SGSD objective of a distribution loss from the full ``[T, V]`` distributions, as an
+    independent reference: each teacher's top-k taken here from its own full log-softmax,
+    the student's log-probs at those ids from its own (with gradient), the divergences from
+    the library's pure functions (:mod:`sgsd.objective`, themselves checked by hand)."""
+    from torch.nn.functional import pad
+
+    from sgsd.objective import local_support, sgsd_objective, topk_forward_kl, topk_jsd
+
+    fields, plan = result.fields, result.plan
+    B, K = fields.alpha.shape
+    T = max(len(r) for r in rollouts.responses)
+    students = []
+    for prompt, response in zip(prompts, rollouts.responses):
+        logits = model(torch.cat([prompt, response])[None]).logits[0].float()
+        students.append(torch.log_softmax(logits[len(prompt) - 1: len(prompt) + len(response) - 1], -1))
+    divergence, gap = {}, {}
+    for owner, slot, prompt_ids in zip(plan.owner, plan.slot, plan.prompt_ids):
+        response, student = rollouts.responses[owner], students[owner]
+        teacher = response_distribution(model, torch.tensor(prompt_ids), response)
+        ids = teacher.topk(k, -1).indices
+        t_top, s_top = teacher.gather(-1, ids), student.gather(-1, ids)
+        if objective.loss_type == "fkl":
+            divergence[owner, slot] = topk_forward_kl(t_top, s_top, objective.divergence_clip)
+        elif objective.loss_type == "jsd":
+            divergence[owner, slot] = topk_jsd(t_top, s_top, objective.jsd_beta, objective.divergence_clip)
+        else:
+            sampled = response[:, None]
+            gap[owner, slot], divergence[owner, slot] = local_support(
+                t_top, s_top, teacher.gather(-1, sampled)[:, 0], student.gather(-1, sampled)[:, 0],
+                (ids == sampled).any(-1))
+
+    def stack(rows: dict) -> torch.Tensor | None:
+        if not rows:
+            return None
+        zero = torch.zeros(T)
+        return torch.stack([torch.stack([pad(rows[b, j], (0, T - len(rows[b, j]))) if (b, j) in rows else zero
+                                         for j in range(K)]) for b in range(B)])
+
+    lengths = torch.tensor([len(r) for r in rollouts.responses])
+    response_mask = (torch.arange(T)[None] < lengths[:, None]).float()
+    student_sampled = torch.stack([pad(s.gather(-1, r[:, None])[:, 0], (0, T - len(r)))
+                                   for s, r in zip(students, rollouts.responses)])
+    teacher_lp = torch.stack([pad(t, (0, 0, 0, T - len(t))).T for t in fields.teacher_log_probs])
+    token_mask = torch.stack([pad(m, (0, T - len(m))) for m in fields.token_mask]) * response_mask
+    return sgsd_objective(student_sampled, teacher_lp, token_mask, fields.alpha, fields.outcome_sign, objective,
+                          response_mask=response_mask, divergence=stack(divergence), support_gap=stack(gap))

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from recipe.sgsd.distribution import (DIVERGENCE, LOCAL_GAP, TOPK_FLAG, student_divergence_outputs,
+                                      teacher_topk_outputs)
 from recipe.sgsd.teacher_pass import TeacherFields, fit_width, read_loss_inputs
 from sgsd.objective import ObjectiveConfig, sgsd_objective
 
@@ -50,10 +52,15 @@ class SGSDActorLoss:
     hybrid: bool = False
     debug_dump_dir: str | None = None  # tests: save each micro-batch's inputs and loss here
 
-    def __call__(self, model_output: dict, data: Any, dp_group: Any = None):
+    def __call__(self, model_output: dict | None = None, data: Any = None, dp_group: Any = None,
+                 student_logits: torch.Tensor | None = None):
         from verl.utils.metric import AggregationType, Metric
         from verl.workers.utils.losses import ppo_loss
 
+        if student_logits is not None:  # verl's logits hook (distillation_use_topk): per-token outputs
+            return self.logits_outputs(student_logits, data)
+        if _non_tensor(data, TOPK_FLAG):  # the teacher pass's forward (compute_loss for the hook): no loss
+            return torch.zeros((), device=model_output["log_probs"].device), {}
         metrics: dict[str, Any] = {}
         total = None
         if self.hybrid:
@@ -73,6 +80,19 @@ class SGSDActorLoss:
             metrics[f"sgsd/{name}"] = Metric(value=value, aggregation=AggregationType.MEAN)
         return total, metrics
 
+    def logits_outputs(self, logits: torch.Tensor, data: Any) -> dict[str, torch.Tensor]:
+        """verl's logits hook (``loss_fn(student_logits=[1, N, V], data=...)``): the teacher's
+        top-k in the teacher pass, the student's per-teacher divergences in the update
+        (:mod:`recipe.sgsd.distribution`)."""
+        k = _non_tensor(data, TOPK_FLAG)
+        logits = logits.squeeze(0)
+        if k:
+            return teacher_topk_outputs(logits, data, int(k))
+        if not self.objective.uses_distribution or TeacherFields.topk_keys()[0] not in data.keys():
+            raise RuntimeError(f"verl handed the SGSD loss the logits (distillation_use_topk) but loss_type="
+                               f"{self.objective.loss_type!r} and the batch has no teacher top-k fields")
+        return student_divergence_outputs(logits, data, self.objective)
+
     def sgsd_term(self, model_output: dict, data: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """The globally-normalised SGSD loss of this micro-batch and its diagnostics."""
         from verl.workers.utils.padding import no_padding_2_padding
@@ -81,18 +101,40 @@ class SGSDActorLoss:
         # where a token count above 256 is not exact (403 response tokens sum to 404)
         student = no_padding_2_padding(model_output["log_probs"], data).float()
         inputs = read_loss_inputs(data, student.shape[1])
+        divergence, gap = self.distribution_inputs(model_output, data, inputs.teacher.shape[1], student.shape[1])
         out = sgsd_objective(student, inputs.teacher, inputs.token_mask, inputs.alpha, inputs.outcome_sign,
-                             self.objective, response_mask=inputs.response_mask)
+                             self.objective, response_mask=inputs.response_mask, divergence=divergence,
+                             support_gap=gap)
         loss = global_mean(out.loss, data)
         if self.debug_dump_dir:
             responses = fit_width(data["responses"].to_padded_tensor(-1) if data["responses"].is_nested
                              else data["responses"], student.shape[1])
+            extra = {name: t for name, t in (("divergence", divergence), ("support_gap", gap)) if t is not None}
             self._dump(student=student, teacher=inputs.teacher, token_mask=inputs.token_mask, alpha=inputs.alpha,
                        sign=inputs.outcome_sign, response_mask=inputs.response_mask, responses=responses,
-                       per_problem=out.loss, loss=loss,
+                       per_problem=out.loss, loss=loss, **extra,
                        global_batch_size=torch.tensor(float(_non_tensor(data, "global_batch_size") or 0)),
                        dp_size=torch.tensor(float(_non_tensor(data, "dp_size") or 1)))
         return loss, out.metrics
+
+    def distribution_inputs(self, model_output: dict, data: Any, slots: int,
+                            width: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The logits hook's per-teacher ``[B, T]`` outputs as ``divergence`` (and, for
+        ``local_gated``, ``support_gap``) ``[B, K, T]``; ``(None, None)`` for the sampled-token losses."""
+        from verl.workers.utils.padding import no_padding_2_padding
+
+        if not self.objective.uses_distribution:
+            return None, None
+
+        def per_slot(prefix: str) -> torch.Tensor:
+            missing = [f"{prefix}{j}" for j in range(slots) if f"{prefix}{j}" not in model_output]
+            if missing:
+                raise RuntimeError(f"loss_type={self.objective.loss_type!r} but verl's model output lacks "
+                                   f"{missing[0]}: the actor update ran without distillation_use_topk")
+            return torch.stack([fit_width(no_padding_2_padding(model_output[f"{prefix}{j}"], data).float(), width)
+                                for j in range(slots)], 1)
+
+        return per_slot(DIVERGENCE), per_slot(LOCAL_GAP) if self.objective.loss_type == "local_gated" else None
 
     def _dump(self, **tensors: torch.Tensor) -> None:
         import os
@@ -101,6 +143,30 @@ class SGSDActorLoss:
         os.makedirs(self.debug_dump_dir, exist_ok=True)
         path = os.path.join(self.debug_dump_dir, f"loss_{os.getpid()}_{uuid.uuid4().hex[:8]}.pt")
         torch.save({k: v.detach().cpu() for k, v in tensors.items()}, path)
+
+
+def loss_reaches_the_reference(module) -> None:
+    """``ActorRolloutRefWorker.set_loss_fn`` (verl/workers/engine_workers.py) installs the loss
+    on the actor's engine only; the teacher's top-k distribution from a frozen reference model
+    comes out of the reference engine's logits hook, which calls that engine's loss function.
+    Wrapped (registration attributes kept, idempotent) to install it on the reference engine
+    too when the worker has one; the reference calls it only when asked (``compute_loss``)."""
+    import functools
+
+    worker = module.ActorRolloutRefWorker
+    original = worker.set_loss_fn
+    if getattr(original, "_sgsd_reference", False):
+        return
+
+    @functools.wraps(original)
+    def set_loss_fn(self, loss_fn):
+        if getattr(self, "actor", None) is not None:
+            original(self, loss_fn)
+        if getattr(self, "ref", None) is not None:
+            self.ref.set_loss_fn(loss_fn=loss_fn)
+
+    set_loss_fn._sgsd_reference = True
+    worker.set_loss_fn = set_loss_fn
 
 
 def global_mean(per_problem: torch.Tensor, data: Any) -> torch.Tensor:

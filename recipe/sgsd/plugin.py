@@ -11,6 +11,8 @@ an import error fails loudly. It registers:
 * the reward manager ``sgsd`` (the hook that feeds rollout records to the skill updater),
 * ``actor.optim.lr_scheduler_type=linear`` in verl's FSDP engine (the release's schedule,
   :mod:`recipe.sgsd.lr_schedule`), once verl imports the engine,
+* the SGSD loss on the reference engine too (``set_loss_fn``), which the teacher's top-k
+  distribution from a frozen reference model needs (:func:`recipe.sgsd.loss.loss_reaches_the_reference`),
 * on CPU-only machines with ``VERL_PLATFORM=cpu``, the CPU backend (a no-op elsewhere).
 """
 
@@ -51,6 +53,9 @@ def _register_components() -> None:
 
     post_import_hooks.add("verl.workers.config.optimizer", accept_linear_in_config)
     post_import_hooks.add("verl.workers.engine.fsdp.transformer_impl", add_linear_scheduler)
+    from recipe.sgsd.loss import loss_reaches_the_reference
+
+    post_import_hooks.add("verl.workers.engine_workers", loss_reaches_the_reference)
     from recipe.sgsd import reward_hook  # noqa: F401  (reward manager "sgsd")
     from recipe.sgsd import trainer  # noqa: F401  (v1 trainer "sgsd")
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Protocol
 
 import torch
 from tensordict import TensorDict
 
+from recipe.sgsd.distribution import uniform_topk
 from sgsd.config import SGSDConfig
 from sgsd.objective import sgsd_objective, support_quantiles
 from sgsd.prompts import ChatFormat, guidance_block, teacher_prompt_ids
@@ -45,25 +46,37 @@ class TeacherFields:
       an absent slot holds the student's own (a zero gap) and weight 0;
     * ``token_mask`` ``[T_i]`` ``m_t`` (0/1), not yet ANDed with the response mask;
     * ``alpha`` ``[B, K]`` teacher weights (eq. 6), 0 = absent teacher;
-    * ``outcome_sign`` ``[B]`` +1 verified success, -1 failure (eq. 9).
+    * ``outcome_sign`` ``[B]`` +1 verified success, -1 failure (eq. 9);
+    * with ``sgsd.teacher_topk = k > 0`` (the distribution loss types), ``topk_ids`` (int32)
+      and ``topk_log_probs`` ``[T_i, K, k]``: each teacher's k most likely ids per position
+      and their full-vocabulary log-probs; an absent slot holds ids 0..k-1 at ``log(1/k)``.
     """
 
     teacher_log_probs: list[torch.Tensor]
     token_mask: list[torch.Tensor]
     alpha: torch.Tensor
     outcome_sign: torch.Tensor
+    topk_ids: list[torch.Tensor] | None = None
+    topk_log_probs: list[torch.Tensor] | None = None
 
     PREFIX = "sgsd_"
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
-        """The batch keys, spelled once: ``sgsd_teacher_log_probs``, ``sgsd_token_mask``, ..."""
-        return tuple(cls.PREFIX + f.name for f in fields(cls))
+        """The batch keys every record has, spelled once: ``sgsd_teacher_log_probs``, ..."""
+        return tuple(cls.PREFIX + f.name for f in fields(cls) if f.default is MISSING)
+
+    @classmethod
+    def topk_keys(cls) -> tuple[str, str]:
+        """``sgsd_topk_ids``, ``sgsd_topk_log_probs``: present when the teacher's top-k was asked for."""
+        return cls.PREFIX + "topk_ids", cls.PREFIX + "topk_log_probs"
 
     def to_tensordict(self) -> TensorDict:
         """verl's layout: per-token fields as jagged nested tensors, the rest dense."""
         values = {"teacher_log_probs": jagged(self.teacher_log_probs), "token_mask": jagged(self.token_mask),
                   "alpha": self.alpha, "outcome_sign": self.outcome_sign}
+        if self.topk_ids is not None:
+            values.update(topk_ids=jagged(self.topk_ids), topk_log_probs=jagged(self.topk_log_probs))
         return TensorDict({self.PREFIX + k: v for k, v in values.items()}, batch_size=[len(self.alpha)])
 
 
@@ -137,10 +150,20 @@ class Rollouts:
 
 class TeacherScorer(Protocol):
     """Scores teacher sequences: ``prompt_ids[j] + responses[j]`` for every j, returning the
-    response-aligned log-probs ``[T_j]`` of each, in the order given."""
+    response-aligned log-probs ``[T_j]`` of each, in the order given. Asked for ``topk=k``
+    (called so only when k > 0), it returns one :class:`TeacherScores` per sequence instead."""
 
     def __call__(self, prompt_ids: Sequence[Sequence[int]], responses: Sequence[torch.Tensor],
-                 response_masks: Sequence[torch.Tensor]) -> list[torch.Tensor]: ...
+                 response_masks: Sequence[torch.Tensor], **kwargs: Any) -> list: ...
+
+
+@dataclass
+class TeacherScores:
+    """One teacher sequence scored with its top-k distribution (response-aligned)."""
+
+    log_probs: torch.Tensor  # [T] the sampled tokens'
+    topk_ids: torch.Tensor  # [T, k]
+    topk_log_probs: torch.Tensor  # [T, k] full-vocabulary log-probs of those ids
 
 
 @dataclass
@@ -188,14 +211,22 @@ class TeacherPass:
                              context=cfg.teacher_context)
 
         t0 = time.perf_counter()
-        scored = scorer(plan.prompt_ids, [rollouts.responses[o] for o in plan.owner],
-                        [rollouts.response_masks[o] for o in plan.owner]) if len(plan) else []
+        k = cfg.teacher_topk
+        args = (plan.prompt_ids, [rollouts.responses[o] for o in plan.owner],
+                [rollouts.response_masks[o] for o in plan.owner])
+        scored = (scorer(*args, topk=k) if k else scorer(*args)) if len(plan) else []
         scoring_time = time.perf_counter() - t0
+        distributions = None
+        if k:
+            distributions = scatter_teacher_topk(plan, scored, [len(r) for r in rollouts.responses], k)
+            scored = [s.log_probs for s in scored]
         record = TeacherFields(
             teacher_log_probs=scatter_teacher_log_probs(plan, scored, rollouts.log_probs),
             token_mask=[self.token_mask(r, m).float() for r, m in zip(rollouts.responses, rollouts.response_masks)],
             alpha=plan.alpha,
             outcome_sign=outcome_signs(rollouts.rewards.float(), cfg.outcome_threshold),
+            topk_ids=distributions[0] if k else None,
+            topk_log_probs=distributions[1] if k else None,
         )
         support = self.support(record, rollouts)
         n_teachers = (plan.alpha > 0).sum(-1).float()
@@ -210,18 +241,26 @@ class TeacherPass:
             "sgsd/success_rate": (rollouts.rewards.float() > cfg.outcome_threshold).float().mean().item() if n else 0.0,
             **{f"sgsd/{k}": v for k, v in support_quantiles(support, plan.alpha > 0).items()},
         }
+        if k and len(plan):  # how much of the teachers' mass their top-k holds (1: the truncation is exact)
+            metrics["sgsd/teacher_topk_mass"] = torch.cat([
+                record.topk_log_probs[o][:, slot].exp().sum(-1) for o, slot in zip(plan.owner, plan.slot)]).mean().item()
         return TeacherPassResult(record, plan, retrievals, list(scored), support, metrics)
 
     def support(self, record: TeacherFields, rollouts: Rollouts) -> torch.Tensor:
         """Robust support ``a_k`` ``[B, K]`` of the batch on the rollout-time log-probs, read
         and decided exactly as the loss reads and decides it (what the first mini-batch of
-        an on-policy update sees)."""
+        an on-policy update sees). ``local_gated`` decides on the local gap, which needs the
+        student's distribution: here (metrics, per-item utility) its support is the
+        full-vocabulary sampled-token gap's, as for the other loss types."""
         if not len(rollouts):
             return torch.zeros(0, record.alpha.shape[1])
         inputs = rollout_loss_inputs(record, rollouts)
+        objective = self.config.objective_config()
+        if objective.uses_distribution:
+            objective = replace(objective, loss_type="gated")  # the support does not read the loss
         with torch.no_grad():
             out = sgsd_objective(inputs.student, inputs.teacher, inputs.token_mask, inputs.alpha, inputs.outcome_sign,
-                                 self.config.objective_config(), response_mask=inputs.response_mask)
+                                 objective, response_mask=inputs.response_mask)
         return out.support
 
 
@@ -377,6 +416,27 @@ def scatter_teacher_log_probs(
             )
         out[owner][:, slot] = logp.float()
     return out
+
+
+def scatter_teacher_topk(plan: TeacherPlan, scored: Sequence[TeacherScores], lengths: Sequence[int],
+                         k: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per rollout, ``[T_i, K, k]`` top-k ids (int32) and log-probs of every teacher slot;
+    an absent slot holds :func:`~recipe.sgsd.distribution.uniform_topk` (weight 0)."""
+    if len(scored) != len(plan):
+        raise ValueError(f"{len(scored)} scored teacher sequences for a plan of {len(plan)}")
+    K = plan.alpha.shape[1]
+    ids, log_probs = [], []
+    for length in lengths:
+        uniform_ids, uniform_lp = uniform_topk(length, k)
+        ids.append(uniform_ids.unsqueeze(1).repeat(1, K, 1))
+        log_probs.append(uniform_lp.unsqueeze(1).repeat(1, K, 1))
+    for owner, slot, s in zip(plan.owner, plan.slot, scored):
+        if tuple(s.topk_ids.shape) != (lengths[owner], k) or s.topk_log_probs.shape != s.topk_ids.shape:
+            raise ValueError(f"teacher top-k for rollout {owner} is {tuple(s.topk_ids.shape)}, expected "
+                             f"[{lengths[owner]}, {k}] (its response tokens x sgsd.teacher_topk)")
+        ids[owner][:, slot] = s.topk_ids.to(torch.int32)
+        log_probs[owner][:, slot] = s.topk_log_probs.float()
+    return ids, log_probs
 
 
 def scoring_order(lengths: list[int], dp: int, per_rank_multiple: int = 1) -> list[int]:

@@ -142,3 +142,39 @@ def test_frozen_lora_run_logged_two_steps(frozen_lora_run):
     steps = frozen_lora_run.metrics()
     assert [s["step"] for s in steps] == [1, 2]
     assert all(math.isfinite(s["data"]["sgsd/loss"]) for s in steps)
+
+
+def test_the_frozen_lora_teacher_hands_the_loss_its_top_k_distribution(frozen_lora_run):
+    """sgsd.teacher_topk through verl's logits hook (distillation_use_topk), teacher side in the
+    LoRA-off log-prob pass: every teacher's ids and log-probs per position are the initial
+    model's own full softmax top-k (a plain forward); student side in the actor update: each
+    micro-batch's loss is the objective on the divergences the hook returned, which are the
+    forward KL (>= 0) of the stored top-k."""
+    from tests.launches import FROZEN_LORA_TOPK
+    from tests.tiny_policy import response_distribution
+
+    model = load_model(frozen_lora_run.model_dir)
+    for step in (1, 2):
+        dump = _dump(frozen_lora_run, step)
+        for j, (owner, slot) in enumerate(zip(dump["owner"], dump["slot"])):
+            full = response_distribution(model, torch.tensor(dump["prompt_ids"][j]), dump["responses"][owner],
+                                         dump["temperature"])
+            top = full.topk(FROZEN_LORA_TOPK, -1)
+            ids, lps = dump["topk_ids"][owner][:, slot].long(), dump["topk_log_probs"][owner][:, slot]
+            # bf16 forwards in the worker: near-ties may swap ranks; the kept mass and values agree
+            assert (ids == top.indices).float().mean() > 0.9
+            assert (lps - top.values).abs().mean() < TOLERANCE
+            assert (full.gather(-1, ids) - lps).abs().mean() < TOLERANCE  # each id's own log-prob
+    from sgsd.objective import ObjectiveConfig
+
+    batches = [torch.load(p) for p in sorted(glob.glob(str(frozen_lora_run.workdir / "dump" / "loss_*.pt")))]
+    assert batches and all("divergence" in mb for mb in batches)
+    for mb in batches:
+        present = (mb["alpha"] > 0)[..., None] & (mb["token_mask"] > 0)[:, None]
+        assert torch.isfinite(mb["divergence"]).all() and (mb["divergence"][present] >= -1e-5).all()
+        assert mb["divergence"][present].abs().sum() > 0
+        out = sgsd_objective(mb["student"], mb["teacher"], mb["token_mask"], mb["alpha"], mb["sign"],
+                             ObjectiveConfig(loss_type="fkl"), response_mask=mb["response_mask"],
+                             divergence=mb["divergence"])
+        expected = out.loss.sum() / mb["global_batch_size"] * mb["dp_size"]
+        assert mb["loss"].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)

@@ -1,0 +1,161 @@
+"""The teacher's top-k distribution through verl's own logits hook, teacher side and student side.
+
+verl 0.9.1's FSDP engine (``FSDPEngineWithLMHead.prepare_model_outputs``) hands the
+installed loss function the packed logits of every micro-batch when the batch carries the
+non-tensor flag ``distillation_use_topk`` — the hook its own top-k distillation uses —
+as ``loss_fn(student_logits=[1, N, V], data=micro_batch)``, and stores each returned
+per-token tensor ``[1, N]`` in ``model_output`` as a nested tensor beside the log-probs
+(``N`` = the micro-batch's packed tokens, plus the engine's tail padding). Row ``p`` of
+those logits predicts packed token ``p + 1``, as verl's log-probs are laid out.
+
+* Teacher pass (forward only, the worker's ``compute_loss=True``): :func:`teacher_topk_outputs`
+  takes, at every response position, the k largest logits and their full-vocabulary
+  log-probs (``logit - logsumexp``, fp32, streamed over row chunks) and returns them as
+  ``2k`` per-token outputs (verl's hook carries one scalar per token and key), which verl
+  writes back next to the teacher sequence's log-probs.
+* Actor update: :func:`student_divergence_outputs` reads each teacher's top-k ids and
+  log-probs from the micro-batch (``sgsd_topk_*``, stored by the teacher pass like the other
+  ``sgsd_*`` fields), takes the student's log-probs at the SAME ids from the SAME logits
+  whose sampled-token log-probs verl computes for the loss, and returns per teacher slot the
+  per-token divergence (with gradient) and, for ``local_gated``, the local gap. The loss then
+  reads them with verl's response slicing, like ``log_probs``.
+
+Nothing here allocates a ``[N, V]`` copy of the logits: rows are gathered at ``K x k`` ids,
+and the log-normaliser is computed chunk by chunk with its gradient (the softmax) likewise
+(:class:`_RowLogSumExp`).
+
+No verl import here (torch only): the same functions run in-process in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from sgsd.objective import ObjectiveConfig, local_support, topk_forward_kl, topk_jsd
+
+TOPK_FLAG = "sgsd_teacher_topk"  # non-tensor key: this forward is a teacher pass asking for k ids
+TOPK_ID, TOPK_LP = "sgsd_topk_id_", "sgsd_topk_lp_"  # per-rank teacher outputs (rank j of the top-k)
+DIVERGENCE, LOCAL_GAP = "sgsd_div_", "sgsd_gap_"  # per-teacher-slot student outputs
+CHUNK_ROWS = 1024  # rows of [V] logits upcast to fp32 at a time (Qwen3: 0.6 GB)
+
+
+def response_rows(data: Any, total_rows: int) -> torch.Tensor:
+    """Rows of the packed logits that predict each response token, in the micro-batch's order
+    (sequence by sequence, position by position): row ``end_b - T_b - 1 + j`` predicts response
+    token ``j`` of sequence ``b`` (verl's ``no_padding_2_padding`` rule)."""
+    prompts, responses = data["prompts"], data["responses"]
+    if not (prompts.is_nested and responses.is_nested):
+        raise ValueError("the teacher's top-k distribution needs verl's no-padding batch layout "
+                         "(nested prompts and responses)")
+    response_lens = responses.offsets().diff()
+    ends = (prompts.offsets().diff() + response_lens).cumsum(0)
+    starts = ends - response_lens - 1
+    rows = torch.cat([torch.arange(int(s), int(s) + int(n)) for s, n in zip(starts, response_lens)]) \
+        if len(response_lens) else torch.zeros(0, dtype=torch.long)
+    if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= total_rows):
+        raise ValueError(f"response rows {int(rows.min())}..{int(rows.max())} fall outside the {total_rows} packed "
+                         "logits: sequence parallelism (logits sharded across ranks) is not supported with "
+                         "sgsd.teacher_topk")
+    return rows
+
+
+def _per_token(values: torch.Tensor, rows: torch.Tensor, total_rows: int) -> torch.Tensor:
+    """``[1, total_rows]``: ``values`` at ``rows``, 0 elsewhere (differentiable in ``values``)."""
+    out = values.new_zeros(total_rows)
+    return out.index_put((rows.to(values.device),), values).unsqueeze(0)
+
+
+def teacher_topk_outputs(logits: torch.Tensor, data: Any, k: int) -> dict[str, torch.Tensor]:
+    """Teacher side: the top-k ids and full-vocabulary log-probs of every response position.
+
+    Args:
+        logits: ``[N, V]`` packed logits of the micro-batch, already at the scoring temperature.
+        data: the micro-batch (nested ``prompts`` / ``responses``).
+        k: ids per position (<= V).
+
+    Returns:
+        ``{sgsd_topk_id_j, sgsd_topk_lp_j: [1, N]}`` for ``j < k`` (rank j: the j-th largest).
+    """
+    n, vocab = logits.shape
+    if not 1 <= k <= vocab:
+        raise ValueError(f"sgsd.teacher_topk={k} must be in [1, {vocab}] (the model's vocabulary)")
+    rows = response_rows(data, n).to(logits.device)
+    ids = torch.empty(len(rows), k, dtype=torch.long, device=logits.device)
+    log_probs = torch.empty(len(rows), k, dtype=torch.float32, device=logits.device)
+    with torch.no_grad():
+        for s in range(0, len(rows), CHUNK_ROWS):
+            chunk = logits[rows[s:s + CHUNK_ROWS]].float()
+            top = chunk.topk(k, dim=-1)
+            ids[s:s + CHUNK_ROWS] = top.indices
+            log_probs[s:s + CHUNK_ROWS] = top.values - torch.logsumexp(chunk, dim=-1, keepdim=True)
+    out = {}
+    for j in range(k):
+        out[f"{TOPK_ID}{j}"] = _per_token(ids[:, j].to(torch.int32), rows, n)  # exact: vocabularies < 2^31
+        out[f"{TOPK_LP}{j}"] = _per_token(log_probs[:, j], rows, n)
+    return out
+
+
+class _RowLogSumExp(torch.autograd.Function):
+    """``logsumexp(logits[rows], -1)`` in fp32, forward and backward streamed over row chunks:
+    the saved tensors are the logits themselves (no copy) and the result."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(len(rows), dtype=torch.float32, device=logits.device)
+        for s in range(0, len(rows), CHUNK_ROWS):
+            out[s:s + CHUNK_ROWS] = torch.logsumexp(logits[rows[s:s + CHUNK_ROWS]].float(), dim=-1)
+        ctx.save_for_backward(logits, rows, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, rows, lse = ctx.saved_tensors
+        grad_logits = torch.zeros_like(logits)
+        for s in range(0, len(rows), CHUNK_ROWS):
+            r = rows[s:s + CHUNK_ROWS]
+            softmax = torch.exp(logits[r].float() - lse[s:s + CHUNK_ROWS, None])
+            grad_logits.index_add_(0, r, (softmax * grad[s:s + CHUNK_ROWS, None]).to(logits.dtype))
+        return grad_logits, None
+
+
+def student_divergence_outputs(logits: torch.Tensor, data: Any, objective: ObjectiveConfig) -> dict[str, torch.Tensor]:
+    """Student side: per teacher slot, the per-token divergence on that teacher's top-k ids.
+
+    Reads ``sgsd_topk_ids`` / ``sgsd_topk_log_probs`` ``[T_i, K, k]``, ``sgsd_teacher_log_probs``
+    ``[T_i, K]`` and the sampled ``responses`` of the micro-batch. Returns
+    ``{sgsd_div_<slot>: [1, N]}`` (and ``sgsd_gap_<slot>`` for ``local_gated``, detached).
+    """
+    n = logits.shape[0]
+    rows = response_rows(data, n).to(logits.device)
+    ids = data["sgsd_topk_ids"].values().to(logits.device).long()  # [R, K, k]
+    teacher = data["sgsd_topk_log_probs"].values().to(logits.device).float()
+    if ids.shape[0] != len(rows):
+        raise ValueError(f"the teacher's top-k covers {ids.shape[0]} response tokens, the micro-batch has {len(rows)}")
+    r, slots, k = ids.shape
+    lse = _RowLogSumExp.apply(logits, rows)  # [R]
+    student = logits[rows[:, None], ids.reshape(r, slots * k)].float().reshape(r, slots, k) - lse[:, None, None]
+    if objective.loss_type == "fkl":
+        divergence, gap = topk_forward_kl(teacher, student, objective.divergence_clip), None
+    elif objective.loss_type == "jsd":
+        divergence, gap = topk_jsd(teacher, student, objective.jsd_beta, objective.divergence_clip), None
+    elif objective.loss_type == "local_gated":
+        sampled = data["responses"].values().to(logits.device).long()  # [R]
+        student_sampled = (logits[rows, sampled].float() - lse)[:, None].expand(r, slots)
+        teacher_sampled = data["sgsd_teacher_log_probs"].values().to(logits.device).float()  # [R, K]
+        gap, divergence = local_support(teacher, student, teacher_sampled, student_sampled,
+                                        (ids == sampled[:, None, None]).any(-1))
+    else:
+        raise ValueError(f"loss_type={objective.loss_type!r} does not read the teacher's top-k distribution")
+    out = {f"{DIVERGENCE}{j}": _per_token(divergence[:, j], rows, n) for j in range(slots)}
+    if gap is not None:
+        out.update({f"{LOCAL_GAP}{j}": _per_token(gap[:, j].detach(), rows, n) for j in range(slots)})
+    return out
+
+
+def uniform_topk(length: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What an absent teacher's slot holds: ids 0..k-1 at log(1/k) each (finite; weight 0)."""
+    return (torch.arange(k, dtype=torch.int32).expand(length, k).clone(),
+            torch.full((length, k), -math.log(k), dtype=torch.float32))
