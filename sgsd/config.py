@@ -16,8 +16,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from sgsd.checks import raising
 from sgsd.llm.base import GenerationSettings
-from sgsd.objective import ObjectiveConfig
+from sgsd.objective import DISTRIBUTION_LOSSES, LOSS_TYPES, ObjectiveConfig
 from sgsd.retrieval import RetrievalConfig
+from sgsd.teacher_schedule import TEACHERS, TeacherSchedule
 from sgsd.token_mask import TokenMaskConfig
 
 __all__ = ["ConfigError", "AblationSettings", "UpdateSettings", "SGSDConfig"]
@@ -38,7 +39,7 @@ class AblationSettings:
     loss_type: str = "gated"
 
     def __post_init__(self) -> None:
-        _choice("sgsd.ablation.loss_type", self.loss_type, ("gated", "sampled_rkl"))
+        _choice("sgsd.ablation.loss_type", self.loss_type, LOSS_TYPES)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,9 @@ class SGSDConfig:
     threshold: float = 0.05
     eps: float = 1e-6
     outcome_threshold: float = 0.0
-    teacher: str = "live"
+    teacher: str = "live"  # live | frozen | ema | periodic (TEACHERS)
+    teacher_ema_decay: float = 0.999  # ema: theta_T <- d theta_T + (1 - d) theta_S after every actor step
+    teacher_period: int = 50  # periodic: theta_T <- theta_S after every actor step s with s % period == 0
     student_thinking: bool = False
     teacher_thinking: bool = True
     prefill_empty_think: bool = False
@@ -102,6 +105,12 @@ class SGSDConfig:
     reference_answer_in_teacher: bool = False
     teacher_context: str = "skills"
     distill_coef: float = 1.0
+    # The teacher's top-k distribution (ids + full-vocabulary log-probs per response position),
+    # read by the distribution loss types (sgsd.ablation.loss_type=local_gated | fkl | jsd); 0: the
+    # sampled token's log-prob only (gated, sampled_rkl).
+    teacher_topk: int = 0
+    divergence_clip: float | None = None  # fkl / jsd: upper clip of each id's term (release OPSD: 0.05)
+    jsd_beta: float = 0.5
     record_buffer_size: int = 8192
     mask: TokenMaskConfig = field(default_factory=TokenMaskConfig)  # sgsd.mask.*: token classes removed
     ablation: AblationSettings = field(default_factory=AblationSettings)
@@ -116,8 +125,19 @@ class SGSDConfig:
         _check("sgsd.max_teacher_prompt_length", self.max_teacher_prompt_length,
                self.max_teacher_prompt_length >= 16, ">= 16")
         _check("sgsd.distill_coef", self.distill_coef, self.distill_coef >= 0, ">= 0")
+        _check("sgsd.teacher_topk", self.teacher_topk, self.teacher_topk >= 0, ">= 0")
+        distribution = self.ablation.loss_type in DISTRIBUTION_LOSSES
+        if distribution and self.teacher_topk == 0:
+            raise ConfigError(f"sgsd.ablation.loss_type={self.ablation.loss_type} reads the teacher's top-k "
+                              "distribution: set sgsd.teacher_topk >= 1 (the paper's Fig. 3a uses 100)")
+        if not distribution and self.teacher_topk:
+            raise ConfigError(f"sgsd.teacher_topk={self.teacher_topk} is read only by the loss types "
+                              f"{', '.join(DISTRIBUTION_LOSSES)}; sgsd.ablation.loss_type={self.ablation.loss_type} "
+                              "uses the sampled token alone: set sgsd.teacher_topk=0")
         _check("sgsd.record_buffer_size", self.record_buffer_size, self.record_buffer_size >= 1, ">= 1")
-        _choice("sgsd.teacher", self.teacher, ("live", "frozen"))
+        _choice("sgsd.teacher", self.teacher, TEACHERS)
+        with _out_of_range("sgsd", {"decay": "teacher_ema_decay", "period": "teacher_period"}):
+            self.teacher_schedule()  # the EMA decay and the copy period
         _choice("sgsd.teacher_context", self.teacher_context, ("skills", "answer", "answer_skills"))
         if not self.bank_path:
             raise ConfigError("sgsd.bank_path is empty: give a skill bank JSON path or a shipped name (qwen3_1.7b)")
@@ -127,12 +147,16 @@ class SGSDConfig:
         """Build from a plain mapping; unknown keys and wrong types name the key."""
         return _build(cls, data or {}, "sgsd")
 
+    def teacher_schedule(self) -> TeacherSchedule:
+        return TeacherSchedule(self.teacher, decay=self.teacher_ema_decay, period=self.teacher_period)
+
     def objective_config(self) -> ObjectiveConfig:
         a = self.ablation
         return ObjectiveConfig(
             tau=self.tau, clip=self.clip, threshold=self.threshold, eps=self.eps,
             use_token_mask=a.use_token_mask, use_clip=a.use_clip, use_threshold=a.use_threshold,
             use_polarity=a.use_polarity, loss_type=a.loss_type,  # type: ignore[arg-type]
+            divergence_clip=self.divergence_clip, jsd_beta=self.jsd_beta,
         )
 
 

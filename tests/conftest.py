@@ -122,6 +122,28 @@ def evolution_runs(tmp_path_factory, run_model_dir, run_data_dir, shipped_bank):
                                    shipped_bank)
 
 
+@pytest.fixture(scope="session")
+def moving_teacher_run(tmp_path_factory, run_model_dir, run_data_dir):
+    from tests import launches
+
+    return launches.moving_teacher_run(tmp_path_factory.mktemp("moving_teacher_run"), run_model_dir, run_data_dir)
+
+
+# `--all` only (tests marked sweep): the moving teacher resumed, and a periodic LoRA teacher
+@pytest.fixture(scope="session")
+def moving_teacher_resumed(tmp_path_factory, moving_teacher_run):
+    from tests import launches
+
+    return launches.moving_teacher_resumed(moving_teacher_run, tmp_path_factory.mktemp("moving_teacher_resumed"))
+
+
+@pytest.fixture(scope="session")
+def periodic_lora_run(tmp_path_factory, run_model_dir, run_data_dir):
+    from tests import launches
+
+    return launches.periodic_lora_run(tmp_path_factory.mktemp("periodic_lora_run"), run_model_dir, run_data_dir)
+
+
 # GPU launch scripts, one step of their own config on 2 CPU ranks (recipe/sgsd/cpu/simulate.py)
 @pytest.fixture(scope="session")
 def sgsd_8b_simulation(tmp_path_factory, run_model_dir, run_data_dir):

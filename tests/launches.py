@@ -10,6 +10,8 @@ launch                    what it runs (tiny local Qwen3 and the shipped MATH ro
                           checkpoint has no hf_model copy (``sgsd eval --verl-checkpoint`` merges it)
 ``evolution_runs``        SGSD, frozen teacher = a separate reference model, a one-pair bank that an
                           OpenAI-compatible writer grows every 2 steps: 4 steps, then a resume to 6
+``moving_teacher_run``    SGSD, EMA teacher (decay 0.5) in the reference model, 2 steps, a checkpoint
+                          after each; ``--all`` adds its resume to 3 steps and a periodic LoRA teacher
 GRPO                      verl's own ``verl.trainer.main_ppo`` with only the CPU backend
                           (tests/recipe/cpu/test_backend.py)
 ``sgsd_8b_simulation``    ``scripts/simulate_gpu_run.sh scripts/run_sgsd_qwen3_8b.sh``: ONE step of
@@ -70,11 +72,16 @@ def live_run(workdir: Path, model_dir: Path, data_dir: Path) -> CPURun:
     ]))
 
 
+FROZEN_LORA_TOPK = 8
+
+
 def frozen_lora_run(workdir: Path, model_dir: Path, data_dir: Path) -> CPURun:
     skip_on_gpu()
-    # the hf rollout takes merged weights; the teacher is the actor with its adapter disabled
+    # the hf rollout takes merged weights; the teacher is the actor with its adapter disabled, and
+    # it hands the loss its top-k distribution (forward KL: the OPSD baseline's objective)
     return launch(CPURun(workdir, steps=2, model_dir=model_dir, data_dir=data_dir, env=_dumping(workdir), extra=[
-        *REWARD, "sgsd.teacher=frozen", "actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
+        *REWARD, "sgsd.teacher=frozen", f"sgsd.teacher_topk={FROZEN_LORA_TOPK}", "sgsd.ablation.loss_type=fkl",
+        "actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
         "++actor_rollout_ref.model.lora.merge=true", "actor_rollout_ref.actor.optim.lr=5e-2",
         # what a real run keeps: the FSDP shards (and LoRA adapter), no merged hf_model copy
         "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra]",
@@ -106,6 +113,40 @@ def evolution_runs(workdir: Path, model_dir: Path, data_dir: Path, bank) -> dict
                                env=_dumping(workdir)))
     return {"first": first, "first_metrics": first_metrics, "second": second, "resumed": by_step(second),
             "bank_file": bank_file, "requests_first": requests_first}
+
+
+# A moving teacher (recipe/sgsd/teacher_weights.py): a decay of 0.5 and a rate of 1e-2 make each
+# step's update visible in the teacher's log-probs; a checkpoint after every step keeps each
+# step's student (hf_model) and teacher (sgsd/teacher/) for the tests to recompute.
+EMA_TEACHER = ("sgsd.teacher=ema", "sgsd.teacher_ema_decay=0.5", "trainer.save_freq=1",
+               "actor_rollout_ref.actor.optim.lr=1e-2")
+PERIODIC_LORA_TEACHER = ("sgsd.teacher=periodic", "sgsd.teacher_period=2", "trainer.save_freq=1",
+                         "actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
+                         "++actor_rollout_ref.model.lora.merge=true", "actor_rollout_ref.actor.optim.lr=5e-2")
+
+
+def moving_teacher_run(workdir: Path, model_dir: Path, data_dir: Path) -> CPURun:
+    """SGSD with an EMA teacher in the reference model (full fine-tuning), 2 steps."""
+    skip_on_gpu()
+    return launch(CPURun(workdir, steps=2, model_dir=model_dir, data_dir=data_dir, env=_dumping(workdir),
+                         extra=[*REWARD, *EMA_TEACHER]))
+
+
+def moving_teacher_resumed(run: CPURun, workdir: Path) -> CPURun:
+    """``moving_teacher_run``'s folder copied, then trained on to step 3 (verl resumes from step 2)."""
+    import shutil
+
+    skip_on_gpu()
+    shutil.copytree(run.workdir, workdir, dirs_exist_ok=True)
+    return launch(CPURun(workdir, steps=3, model_dir=run.model_dir, data_dir=run.data_dir, env=_dumping(workdir),
+                         extra=[*REWARD, *EMA_TEACHER]))
+
+
+def periodic_lora_run(workdir: Path, model_dir: Path, data_dir: Path) -> CPURun:
+    """SGSD with a periodic teacher (period 2) kept as a copy of the LoRA adapter, 3 steps."""
+    skip_on_gpu()
+    return launch(CPURun(workdir, steps=3, model_dir=model_dir, data_dir=data_dir, env=_dumping(workdir),
+                         extra=[*REWARD, *PERIODIC_LORA_TEACHER]))
 
 
 # ----------------------------------------------------------------------------- GPU scripts on CPU ranks

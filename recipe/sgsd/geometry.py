@@ -151,7 +151,9 @@ def run_geometry(config, sgsd_config=None, *, use_reference_policy: bool = False
     if sgsd_config is not None and sgsd_config.distill_coef > 0:
         from recipe.sgsd.teacher_pass import per_rank_multiple
 
-        frozen_reference = sgsd_config.teacher == "frozen" and not uses_lora(config)
+        from recipe.sgsd.teacher_weights import teacher_on_reference
+
+        frozen_reference = teacher_on_reference(sgsd_config.teacher, uses_lora(config))  # frozen / ema / periodic
         teachers = 1 if sgsd_config.teacher_context != "skills" else int(sgsd_config.top_k)
         chunk = dp * per_rank_multiple(config, frozen_reference)
         sequences = -(-padded * teachers // chunk) * chunk

@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recipe.sgsd.geometry import Geometry, run_geometry, uses_lora
+from recipe.sgsd.teacher_weights import check_moving_teacher, teacher_on_reference
 from sgsd.config import ConfigError, SGSDConfig
 
 SYNC_TRAINER = "sgsd_sync"  # the registry name of recipe.sgsd.sync_trainer.RecipeSyncTrainer
@@ -64,9 +65,11 @@ def prepare_config(config: DictConfig) -> DictConfig:
         config.data.apply_chat_template_kwargs = {**kwargs, "enable_thinking": sgsd_config.student_thinking}
         check_inputs(config, sgsd_config)  # the writer's spec first: placement reads it
         _check_writer_placement(config, sgsd_config)
-        if sgsd_config.teacher == "frozen" and not uses_lora(config):
-            # The frozen base needs a reference model; verl builds one only when a KL term
-            # asks for it. A zero-weight KL loss does, and leaves the objective unchanged.
+        check_moving_teacher(config, sgsd_config)  # ema / periodic (recipe/sgsd/teacher_weights.py)
+        if teacher_on_reference(sgsd_config.teacher, uses_lora(config)):
+            # The frozen base (or an ema / periodic teacher's weights) needs a reference model; verl
+            # builds one only when a KL term asks for it. A zero-weight KL loss does, and leaves
+            # the objective unchanged.
             if not config.actor_rollout_ref.actor.use_kl_loss and not config.algorithm.use_kl_in_reward:
                 config.actor_rollout_ref.actor.use_kl_loss = True
                 config.actor_rollout_ref.actor.kl_loss_coef = 0.0
@@ -101,6 +104,26 @@ def check_inputs(config: DictConfig, sgsd_config: SGSDConfig) -> None:
     _check_teacher_budget(config, sgsd_config)
     if sgsd_config.teacher_context == "answer_skills":
         _check_student_pairs(config, sgsd_config)
+    if sgsd_config.teacher_topk:
+        _check_logits_hook(config, sgsd_config)
+
+
+def _check_logits_hook(config: DictConfig, sgsd_config: SGSDConfig) -> None:
+    """The teacher's top-k distribution comes through verl's logits hook (recipe/sgsd/distribution.py),
+    which needs the packed logits of a whole sequence on one rank: no fused kernels (they never
+    materialise logits), no Ulysses sequence parallelism, no static padding."""
+    model, why = config.actor_rollout_ref.model, f"sgsd.teacher_topk={sgsd_config.teacher_topk}"
+    if model.get("use_fused_kernels", False):
+        raise ConfigError(f"{why} reads the logits, which actor_rollout_ref.model.use_fused_kernels=true never "
+                          "materialises: set it to false")
+    for section in ("actor", "ref"):
+        part = config.actor_rollout_ref.get(section) or {}
+        if int(part.get("ulysses_sequence_parallel_size", 1) or 1) > 1:
+            raise ConfigError(f"{why} needs each sequence's logits on one rank: actor_rollout_ref.{section}."
+                              "ulysses_sequence_parallel_size must be 1")
+        if part.get("pad_to_length", False):
+            raise ConfigError(f"{why}: actor_rollout_ref.{section}.pad_to_length=true misaligns the teacher's "
+                              "top-k with the packed tokens (verl refuses it for top-k distillation too)")
 
 
 def _check_student_pairs(config: DictConfig, sgsd_config: SGSDConfig) -> None:

@@ -8,7 +8,8 @@ One step (paper Alg. 1) in verl terms — only the marked parts are SGSD's:
 3. advantages     — ``sgsd`` estimator: zero (n=1) or GRPO (n>1)
 4. **teacher pass** — one batched retrieval, K teacher prompts per rollout with the SAME
    response ids appended, all scored in one call through verl's own log-prob machinery
-   (live: the actor; frozen: the reference / LoRA-disabled actor); results stored per
+   (live: the actor; frozen: the reference / LoRA-disabled actor; ema / periodic: their own
+   weights, :mod:`recipe.sgsd.teacher_weights`); results stored per
    rollout in TransferQueue next to the rollout (``sgsd_*`` fields);
 5. actor update  — verl's FSDP worker with :class:`recipe.sgsd.loss.SGSDActorLoss`
    installed through ``set_loss_fn``; its ``sgsd/*`` metrics surface unprefixed.
@@ -32,7 +33,10 @@ from recipe.sgsd.loss import SGSDActorLoss
 from recipe.sgsd.policy_writer import PolicyWriterClient
 from recipe.sgsd.reward_hook import record_buffer
 from recipe.sgsd.sync_trainer import RecipeSyncTrainer
-from recipe.sgsd.teacher_pass import Rollouts, TeacherPass, per_rank_multiple, scoring_order, teacher_item_ids
+from recipe.sgsd.teacher_weights import TeacherWeightsMixin, teacher_on_reference  # sgsd.teacher=ema|periodic
+from recipe.sgsd.distribution import TOPK_FLAG, TOPK_ID, TOPK_LP
+from recipe.sgsd.teacher_pass import (Rollouts, TeacherPass, TeacherScores, per_rank_multiple, scoring_order,
+                                      teacher_item_ids)
 from sgsd.bank import SkillBank
 from sgsd.config import SGSDConfig
 from sgsd.datasets import resolve
@@ -56,7 +60,7 @@ CHECKPOINT_SUBDIR = "sgsd"
 
 
 @register_trainer("sgsd")
-class SGSDTrainer(RecipeSyncTrainer):
+class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
     """``trainer.v1.trainer_mode=sgsd`` (set by ``recipe.sgsd.main_sgsd`` for ``adv_estimator=sgsd``)."""
 
     def __init__(self, config):
@@ -86,6 +90,9 @@ class SGSDTrainer(RecipeSyncTrainer):
                              distill_coef=cfg.distill_coef, hybrid=self.config.actor_rollout_ref.rollout.n > 1,
                              debug_dump_dir=os.environ.get("SGSD_DEBUG_DUMP_DIR"))
         self.actor_rollout_wg.set_loss_fn(loss)
+        reference = getattr(self, "ref_policy_wg", None)
+        if reference is not None and reference is not self.actor_rollout_wg:  # a standalone reference worker
+            reference.set_loss_fn(loss)  # its logits hook serves the teacher's top-k (recipe.sgsd.loss)
         logger.info("SGSD: bank %s (%s), K=%d, teacher=%s", self.skill_bank.source, self.skill_bank.counts(),
                     cfg.top_k, cfg.teacher)
 
@@ -210,6 +217,27 @@ class SGSDTrainer(RecipeSyncTrainer):
             with open_dict(rollout):
                 rollout.temperature = sampling
 
+    @contextmanager
+    def _logits_hook(self):
+        """With a distribution loss, the actor update asks verl's FSDP engine for its logits
+        hook (``distillation_use_topk``), which verl's ``_update_actor`` sets from its own
+        distillation config only: the flag is added to the batch as it is handed to the workers."""
+        wg = self.actor_rollout_wg
+        if not self.sgsd_config.objective_config().uses_distribution:
+            yield
+            return
+        update_actor = wg.update_actor
+
+        def with_hook(batch, *args, **kwargs):
+            batch.extra_info["distillation_use_topk"] = True
+            return update_actor(batch, *args, **kwargs)
+
+        wg.update_actor = with_hook
+        try:
+            yield
+        finally:
+            wg.update_actor = update_actor
+
     def _compute_old_log_prob(self, batch, metrics):
         with self._logprob_temperature():
             return super()._compute_old_log_prob(batch, metrics)
@@ -222,7 +250,7 @@ class SGSDTrainer(RecipeSyncTrainer):
 
     def _update_actor(self, batch, metrics):
         actor_metrics: dict = {}
-        with self._logprob_temperature():
+        with self._logprob_temperature(), self._logits_hook():
             batch = super()._update_actor(batch, actor_metrics)
         for key, value in actor_metrics.items():
             metrics[key.replace("actor/sgsd/", "sgsd/", 1)] = value
@@ -267,11 +295,14 @@ class SGSDTrainer(RecipeSyncTrainer):
             metrics["sgsd/teacher_pass_peak_extra_mb"] = self._last_teacher_peak_mb
         return batch
 
-    def _score_teachers(self, prompt_ids, responses, response_masks) -> list[torch.Tensor]:
+    def _score_teachers(self, prompt_ids, responses, response_masks, topk: int = 0) -> list:
         """The trainer's :class:`~recipe.sgsd.teacher_pass.TeacherScorer`: every teacher
         sequence through verl's log-prob call at once (the actor when live; the reference
         model, or the actor with its LoRA adapter off, when frozen) via a TransferQueue side
-        partition; response-aligned results in the order given."""
+        partition; response-aligned results in the order given. With ``topk`` the same call
+        also returns each position's top-k ids and log-probs, through verl's logits hook
+        (``distillation_use_topk``, :mod:`recipe.sgsd.distribution`): one
+        :class:`~recipe.sgsd.teacher_pass.TeacherScores` per sequence."""
         order = scoring_order([len(p) + len(r) for p, r in zip(prompt_ids, responses)], self._teacher_dp_size(),
                               per_rank_multiple(self.config, self._frozen_reference))
         rows, tags = [], []
@@ -290,6 +321,10 @@ class SGSDTrainer(RecipeSyncTrainer):
                                tags=tags)
         meta.extra_info = {"calculate_entropy": False, "compute_loss": False,
                            "temperature": self.sgsd_config.logprob_temperature}
+        topk_fields = []
+        if topk:  # the installed SGSD loss is verl's logits hook here and returns the top-k
+            meta.extra_info.update(compute_loss=True, distillation_use_topk=True, **{TOPK_FLAG: topk})
+            topk_fields = [f"{prefix}{j}" for prefix in (TOPK_ID, TOPK_LP) for j in range(topk)]
         probe = None
         if memory_probe.enabled():
             probe = memory_probe.PeakMemoryProbe(self._teacher_worker_group())
@@ -297,14 +332,25 @@ class SGSDTrainer(RecipeSyncTrainer):
         try:
             if self._frozen_reference:
                 self.ref_policy_wg.compute_ref_log_prob(meta)
+            elif self._moving_teacher:  # LoRA, ema / periodic: the teacher's adapter swapped in
+                self.actor_rollout_wg.compute_teacher_log_prob(meta)
             else:
                 if self.sgsd_config.teacher == "frozen":  # the actor with its LoRA adapter off
                     meta.extra_info["no_lora_adapter"] = True
                 self.actor_rollout_wg.compute_log_prob(meta)
             if probe is not None:
                 self._last_teacher_peak_mb = probe.stop()
-            out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"])
+            out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION,
+                                  select_fields=["log_probs", "response_mask", *topk_fields])
             results = list(response_from_nested(out["log_probs"], out["response_mask"]).unbind())
+            if topk:
+                def ranks(prefix):  # k per-token outputs -> one [T, k] per sequence
+                    return [torch.stack(cols, -1) for cols in zip(*(
+                        response_from_nested(out[f"{prefix}{j}"], out["response_mask"]).unbind()
+                        for j in range(topk)))]
+
+                results = [TeacherScores(lp, ids.long(), lps.float())
+                           for lp, ids, lps in zip(results, ranks(TOPK_ID), ranks(TOPK_LP))]
             scored: list[torch.Tensor | None] = [None] * len(prompt_ids)
             per_rank = len(order) // self._teacher_dp_size()  # verl's contiguous chunk per rank
             self._scoring_ranks = [0] * len(prompt_ids)
@@ -330,12 +376,13 @@ class SGSDTrainer(RecipeSyncTrainer):
             "temperature": self.sgsd_config.logprob_temperature,
             "problems": list(rollouts.problems), "rewards": rollouts.rewards.clone(),
             "scoring_rank": list(self._scoring_ranks),
+            "topk_ids": result.fields.topk_ids, "topk_log_probs": result.fields.topk_log_probs,
         }, folder / f"teacher_pass_step{self.global_steps:04d}.pt")
 
     @property
     def _frozen_reference(self) -> bool:
-        """The teacher is a separate reference model (frozen, no LoRA to switch off)."""
-        return self.sgsd_config.teacher == "frozen" and not self.ref_in_actor
+        """The teacher is a separate reference model (frozen, ema or periodic without LoRA)."""
+        return teacher_on_reference(self.sgsd_config.teacher, self.ref_in_actor)
 
     def _teacher_worker_group(self):
         return self.ref_policy_wg if self._frozen_reference else self.actor_rollout_wg

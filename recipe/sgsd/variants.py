@@ -33,19 +33,31 @@ class Variant:
     student_skills: bool = False  # train on data with skills in the student prompt
 
 
-# The OPSD baseline in this recipe: ONE frozen teacher that sees the reference answer
-# (paper Sec. 4: "we provide the teacher with the ground-truth answer", Tab. 11: fixed
-# teacher), always imitated (no polarity), with the sampled-token reverse-KL objective —
-# the divergence verl's sampled-token log-probs support (see docs/decisions.md).
-_OPSD = ("sgsd.teacher_context=answer", "sgsd.teacher=frozen", "sgsd.ablation.use_polarity=false",
-         "sgsd.ablation.loss_type=sampled_rkl", "sgsd.update.enable=false", "sgsd.update.track_utility=false")
+# The OPSD baseline: ONE frozen teacher that sees the reference answer (paper Sec. 4: "we
+# provide the teacher with the ground-truth answer", Tab. 11: fixed teacher), always imitated
+# (no polarity), as the official release trained it (opsd_train.py --beta 0 --jsd_token_clip
+# 0.05 at temperature 1.1): the forward KL of the teacher's distribution, each term clipped at
+# 0.05, averaged over every response token — here on the teacher's top-100 ids plus a tail
+# bin (docs/decisions.md). ``opsd_rkl`` keeps the sampled-token reverse-KL form.
+_OPSD_TEACHER = ("sgsd.teacher_context=answer", "sgsd.teacher=frozen", "sgsd.ablation.use_polarity=false",
+                 "sgsd.update.enable=false", "sgsd.update.track_utility=false")
+_OPSD = (*_OPSD_TEACHER, "sgsd.ablation.loss_type=fkl", "sgsd.teacher_topk=100", "sgsd.divergence_clip=0.05",
+         "sgsd.ablation.use_token_mask=false", "sgsd.logprob_temperature=1.1")
+_TOP100 = ("sgsd.teacher_topk=100",)  # the teacher's top-100 distribution (Fig. 3a's support)
+
+# A moving teacher (ema, periodic) is updated on each rank's FSDP2 shards (recipe/sgsd/teacher_weights.py):
+# its variants also switch verl's FSDP1 default to FSDP2 (the same model, optimizer and mixed precision).
+_FSDP2 = "actor_rollout_ref.actor.strategy=fsdp2"
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("sgsd", "Tab. 3", "SGSD as in the paper (the recipe's defaults)"),
     Variant("grpo", "Tab. 3", "GRPO: verl's estimator on the same recipe", estimator="grpo"),
     Variant("grpo_skill", "Tab. 3", "GRPO+Skill: retrieved skills in the student prompt during training only",
             estimator="grpo", student_skills=True),
-    Variant("opsd", "Tab. 3", "OPSD: one frozen answer-conditioned teacher, always imitated", _OPSD),
+    Variant("opsd", "Tab. 3", "OPSD as the release trained it: one frozen answer-conditioned teacher, always "
+            "imitated, clipped forward KL of its top-100 distribution", _OPSD),
+    Variant("opsd_rkl", "Tab. 3", "OPSD with the sampled-token reverse-KL objective (no distribution, no clip)",
+            (*_OPSD_TEACHER, "sgsd.ablation.loss_type=sampled_rkl")),
     Variant("opsd_skill", "Tab. 3", "OPSD+Skill: student and teacher see the retrieved skills; the teacher "
             "also the answer", ("sgsd.teacher_context=answer_skills", *_OPSD[1:]),
             student_skills=True),
@@ -61,7 +73,18 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("single_teacher", "Sec. 4.3", "SGSD with K = 1 teacher", ("sgsd.top_k=1",)),
     Variant("rkl", "Fig. 3c", "SGSD with the sampled-token reverse-KL objective instead of the gate",
             ("sgsd.ablation.loss_type=sampled_rkl",)),
+    Variant("fkl", "Fig. 3c", "SGSD with the forward KL of each teacher's top-100 distribution instead of the gate",
+            ("sgsd.ablation.loss_type=fkl", *_TOP100)),
+    Variant("jsd", "Fig. 3c", "SGSD with the Jensen-Shannon divergence (beta 0.5) of each teacher's top-100 "
+            "distribution instead of the gate", ("sgsd.ablation.loss_type=jsd", *_TOP100)),
+    Variant("top100_support", "Fig. 3a", "SGSD on the teacher's top-100 local support: both distributions "
+            "renormalised there, polarity from the local gap, the gate on the local KL",
+            ("sgsd.ablation.loss_type=local_gated", *_TOP100)),
     Variant("frozen_teacher", "Fig. 3b", "SGSD with the initial policy as a fixed teacher", ("sgsd.teacher=frozen",)),
+    Variant("ema_teacher", "Fig. 3b", "SGSD with an EMA of the policy as the teacher (decay "
+            "sgsd.teacher_ema_decay, 0.999)", ("sgsd.teacher=ema", _FSDP2)),
+    Variant("periodic_teacher", "Fig. 3b", "SGSD with a copy of the policy refreshed every "
+            "sgsd.teacher_period (50) steps as the teacher", ("sgsd.teacher=periodic", _FSDP2)),
     Variant("answer_pi", "Fig. 3d", "SGSD with the reference answer added to every teacher",
             ("sgsd.reference_answer_in_teacher=true",)),
 )}
@@ -87,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "list":
             for v in VARIANTS.values():
                 data = ", student prompt with skills" if v.student_skills else ""
-                print(f"{v.name:15s} {v.estimator:5s} {v.paper:9s} {v.description}{data}")
+                print(f"{v.name:16s} {v.estimator:5s} {v.paper:9s} {v.description}{data}")
             return 0
         variant = get_variant(args.name)
     except ValueError as exc:

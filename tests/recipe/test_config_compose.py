@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,9 @@ def test_frozen_teacher_without_lora_gets_a_reference_model_with_zero_kl():
 
 @pytest.mark.parametrize("override, message", [
     ("sgsd.top_k=0", "sgsd.top_k=0 is out of range"),
-    ("sgsd.teacher=ema", "sgsd.teacher='ema' is not one of live, frozen"),
+    ("sgsd.teacher=swa", "sgsd.teacher='swa' is not one of live, frozen, ema, periodic"),
+    ("sgsd.teacher_ema_decay=1.5", "sgsd.teacher_ema_decay=1.5 is out of range: must be in"),
+    ("sgsd.teacher_period=0", "sgsd.teacher_period=0 is out of range: must be >= 1"),
     ("sgsd.ablation.loss_type=kl", "sgsd.ablation.loss_type"),
 ])
 def test_bad_values_fail_at_start_naming_the_key(override, message):
@@ -69,6 +72,25 @@ def test_bad_values_fail_at_start_naming_the_key(override, message):
 
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         prepare_config(compose_sgsd([override]))
+
+
+TOPK = ("sgsd.ablation.loss_type=fkl", "sgsd.teacher_topk=16")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=true never materialises"),
+    ("actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
+     "actor_rollout_ref.actor.ulysses_sequence_parallel_size must be 1"),
+    ("actor_rollout_ref.ref.ulysses_sequence_parallel_size=2",
+     "actor_rollout_ref.ref.ulysses_sequence_parallel_size must be 1"),
+    ("actor_rollout_ref.actor.pad_to_length=true", "actor_rollout_ref.actor.pad_to_length=true misaligns"),
+])
+def test_the_teacher_top_k_is_refused_where_verls_logits_hook_cannot_serve_it(override, message):
+    from recipe.sgsd.main_sgsd import prepare_config
+
+    prepare_config(compose_sgsd(list(TOPK)))  # the same run without the setting starts
+    with pytest.raises(ConfigError, match=re.escape("sgsd.teacher_topk=16") + ".*" + re.escape(message)):
+        prepare_config(compose_sgsd([*TOPK, override]))
 
 
 def test_unknown_sgsd_key_is_rejected():

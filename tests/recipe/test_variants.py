@@ -21,7 +21,7 @@ from recipe.sgsd.teacher_pass import rollout_loss_inputs
 from recipe.sgsd.variants import VARIANTS
 from sgsd.objective import sampled_rkl_loss, sgsd_objective
 from tests.recipe.conftest import sgsd_config_of
-from tests.tiny_policy import HFScorer, actor_loss
+from tests.tiny_policy import HFScorer, actor_loss, actor_micro_batch, full_distribution_objective, logits_hook
 
 # The tiny model's teachers all sit near a_k = -2.5 on these rollouts: a neutral zone this
 # wide holds some of them, so the threshold and the clip decide something here (they act
@@ -41,10 +41,16 @@ class Outcome:
         self.teacher_prompts = [tokenizer.decode(ids) for ids in self.result.plan.prompt_ids]
         self.inputs = rollout_loss_inputs(self.result.fields, batch.rollouts)
         x = self.inputs
-        self.objective = sgsd_objective(x.student, x.teacher, x.token_mask, x.alpha, x.outcome_sign,
-                                        self.sgsd.objective_config(), response_mask=x.response_mask)
         loss_fn = SGSDActorLoss(actor_config=None, objective=self.sgsd.objective_config())
         with torch.no_grad():
+            divergence = gap = None
+            if loss_fn.objective.uses_distribution:  # what the actor's logits hook hands the objective
+                data = actor_micro_batch(batch.prompts, batch.rollouts, self.result.fields)
+                divergence, gap = loss_fn.distribution_inputs(logits_hook(policy, loss_fn, data), data,
+                                                              x.teacher.shape[1], x.teacher.shape[2])
+            self.objective = sgsd_objective(x.student, x.teacher, x.token_mask, x.alpha, x.outcome_sign,
+                                            self.sgsd.objective_config(), response_mask=x.response_mask,
+                                            divergence=divergence, support_gap=gap)
             loss, _ = actor_loss(policy, loss_fn, batch.prompts, batch.rollouts, self.result.fields)
         self.loss = loss.item()
         self.metrics = self.objective.metrics
@@ -70,9 +76,27 @@ def outcome(tiny_batch, policy, run_tokenizer, run_config, make_teacher_pass):
     return get
 
 
+def _full_distribution(o: Outcome, policy, batch) -> bool:
+    """The variant's token losses are its divergence on the teacher's top-k, computed here from
+    the full distributions of both models."""
+    with torch.no_grad():
+        full = full_distribution_objective(policy, batch.prompts, batch.rollouts, o.result, o.sgsd.objective_config(),
+                                           o.sgsd.teacher_topk)
+    return (o.sgsd.teacher_topk == 100 and torch.allclose(o.objective.token_loss_mean, full.token_loss_mean, atol=1e-5)
+            and torch.equal(o.objective.polarity, full.polarity))
+
+
 def _frozen_with_a_reference_model(o: Outcome) -> bool:
     actor = o.config.actor_rollout_ref.actor
     return o.sgsd.teacher == "frozen" and actor.use_kl_loss and actor.kl_loss_coef == 0.0
+
+
+def _moving_teacher(o: Outcome, kind: str) -> bool:
+    """ema / periodic: the teacher's weights in the reference model (a zero-weight KL builds it),
+    on FSDP2 (the shard-wise update), with the release's decay and period."""
+    actor = o.config.actor_rollout_ref.actor
+    return (o.sgsd.teacher == kind and actor.use_kl_loss and actor.kl_loss_coef == 0.0 and actor.strategy == "fsdp2"
+            and (o.sgsd.teacher_ema_decay, o.sgsd.teacher_period) == (0.999, 50))
 
 
 def _rkl(o: Outcome) -> bool:
@@ -83,14 +107,27 @@ def _rkl(o: Outcome) -> bool:
 
 
 # What each SGSD-estimator variant must visibly change, given itself and the default run.
+# (o, d, policy, batch) -> bool; ``full`` variants also match the full-distribution objective.
 FINGERPRINTS = {
     "sgsd": lambda o, d: o.teachers == [4] * 4 and o.prompts_say(answer=False, skills=True),
     "single_teacher": lambda o, d: o.teachers == [1] * 4 and o.prompts_say(answer=False, skills=True),
+    # the release's OPSD: clipped forward KL on every response token, scored at temperature 1.1
     "opsd": lambda o, d: (o.teachers == [1] * 4 and o.prompts_say(answer=True, skills=False)
-                          and torch.equal(o.objective.polarity, (o.inputs.alpha > 0).float()) and _rkl(o)
+                          and torch.equal(o.objective.polarity, (o.inputs.alpha > 0).float())
+                          and o.metrics["mask_keep_frac"] == 1.0 and o.sgsd.logprob_temperature == 1.1
+                          and bool((o.objective.token_loss_mean <= 0.05 * 100 + 1.0).all())
                           and _frozen_with_a_reference_model(o)),
+    "opsd_rkl": lambda o, d: (o.teachers == [1] * 4 and o.prompts_say(answer=True, skills=False)
+                              and torch.equal(o.objective.polarity, (o.inputs.alpha > 0).float()) and _rkl(o)
+                              and _frozen_with_a_reference_model(o)),
     "opsd_skill": lambda o, d: (o.teachers == [1] * 4 and o.prompts_say(answer=True, skills=True)
                                 and _frozen_with_a_reference_model(o)),
+    "fkl": lambda o, d: o.teachers == [4] * 4 and torch.equal(o.objective.polarity, d.objective.polarity),
+    "jsd": lambda o, d: (o.teachers == [4] * 4 and torch.equal(o.objective.polarity, d.objective.polarity)
+                         and bool((o.objective.token_loss_mean <= math.log(2) + 1e-6).all())),
+    # polarity from the local gap: a decision of its own
+    "top100_support": lambda o, d: (o.teachers == [4] * 4 and o.result.fields.topk_ids[0].shape[-1] == 100
+                                    and not torch.equal(o.objective.support, d.objective.support)),
     "answer_pi": lambda o, d: o.teachers == [4] * 4 and o.prompts_say(answer=True, skills=True),
     "no_threshold": lambda o, d: o.metrics["neutral_frac"] == 0.0 and d.metrics["neutral_frac"] > 0,
     "no_robust": lambda o, d: (o.metrics["neutral_frac"] == 0.0 < d.metrics["neutral_frac"]
@@ -103,11 +140,14 @@ FINGERPRINTS = {
                                  and (d.objective.polarity < 0).any()),
     "rkl": lambda o, d: _rkl(o),
     "frozen_teacher": lambda o, d: _frozen_with_a_reference_model(o),
+    "ema_teacher": lambda o, d: _moving_teacher(o, "ema"),
+    "periodic_teacher": lambda o, d: _moving_teacher(o, "periodic"),
 }
 FINGERPRINTS["no_all"] = FINGERPRINTS["no_robust"]
-# In-process the frozen teacher scores with the same weights as the live one (the initial
-# model): its run differs in which worker scores, which only verl's trainer shows.
-SAME_LOSS_AS_SGSD = {"sgsd", "frozen_teacher"}
+# In-process the frozen, EMA and periodic teachers score with the same weights as the live one
+# (the initial model): their runs differ in which weights score after step 1, which only verl's
+# trainer shows (tests/recipe/test_moving_teacher_e2e.py).
+SAME_LOSS_AS_SGSD = {"sgsd", "frozen_teacher", "ema_teacher", "periodic_teacher"}
 
 
 def test_every_variant_has_a_fingerprint():
@@ -117,9 +157,11 @@ def test_every_variant_has_a_fingerprint():
 
 
 @pytest.mark.parametrize("name", sorted(FINGERPRINTS))
-def test_variant_fingerprint_in_the_teacher_pass_and_the_loss(name, outcome):
+def test_variant_fingerprint_in_the_teacher_pass_and_the_loss(name, outcome, policy, tiny_batch):
     o, default = outcome(name), outcome("sgsd")
     assert FINGERPRINTS[name](o, default), {k: round(v, 4) for k, v in o.metrics.items()}
+    if o.sgsd.objective_config().uses_distribution:
+        assert _full_distribution(o, policy, tiny_batch), name
     # the loss the actor computes on the record is the variant's objective...
     assert math.isfinite(o.loss) and o.loss == pytest.approx(o.objective.loss.mean().item(), rel=1e-4)
     # ...and a loss of its own

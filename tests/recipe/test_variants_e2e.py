@@ -20,12 +20,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.sweep]
 FINGERPRINTS = {
     "sgsd": lambda m: m["sgsd/teachers_per_problem_retrieved"] == 4,
     "single_teacher": lambda m: m["sgsd/teachers_per_problem_retrieved"] == 1,
-    "opsd": lambda m: m["sgsd/teachers_per_problem_retrieved"] == 1,
     "opsd_skill": lambda m: m["sgsd/teachers_per_problem_retrieved"] == 1,
     "no_threshold": lambda m: m["sgsd/neutral_frac"] == 0.0,  # eps_a = 0: only an exact 0 is neutral
     "no_robust": lambda m: m["sgsd/neutral_frac"] == 0.0 and m["sgsd/mask_keep_frac"] == 1.0,
     "no_token_mask": lambda m: m["sgsd/mask_keep_frac"] == 1.0,
+    # the teacher's top-100 distribution reached the pass: the mass it holds, of a real softmax
+    "top100_support": lambda m: 0.0 < m["sgsd/teacher_topk_mass"] <= 1.0 + 1e-5,
+    "fkl": lambda m: 0.0 < m["sgsd/teacher_topk_mass"] <= 1.0 + 1e-5,
+    "jsd": lambda m: 0.0 < m["sgsd/teacher_topk_mass"] <= 1.0 + 1e-5,
+    # the moving teachers' own weights: updated after the step (ema), or not yet (periodic, every 50)
+    "ema_teacher": lambda m: (m["sgsd/teacher/update_weight"] == pytest.approx(1 - 0.999)
+                              and m["sgsd/teacher/updates"] == 1),
+    "periodic_teacher": lambda m: m["sgsd/teacher/update_weight"] == 0.0 and "sgsd/teacher/updates" not in m,
 }
+FINGERPRINTS["opsd_rkl"] = lambda m: m["sgsd/teachers_per_problem_retrieved"] == 1 and "sgsd/teacher_topk_mass" not in m
+FINGERPRINTS["opsd"] = lambda m: (m["sgsd/teachers_per_problem_retrieved"] == 1
+                                  and 0.0 < m["sgsd/teacher_topk_mass"] <= 1.0 + 1e-5 and m["sgsd/mask_keep_frac"] == 1.0)
 ANSWER = "The verified final answer is:"
 GUIDANCE = "### General Principles"
 # (answer in every teacher prompt, skills in every teacher prompt, skills in every student prompt)
