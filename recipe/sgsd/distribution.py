@@ -20,9 +20,11 @@ those logits predicts packed token ``p + 1``, as verl's log-probs are laid out.
   per-token divergence (with gradient) and, for ``local_gated``, the local gap. The loss then
   reads them with verl's response slicing, like ``log_probs``.
 
-Nothing here allocates a ``[N, V]`` copy of the logits: rows are gathered at ``K x k`` ids,
-and the log-normaliser is computed chunk by chunk with its gradient (the softmax) likewise
-(:class:`_RowLogSumExp`).
+Nothing here allocates a ``[N, V]`` copy of the logits, and nothing reads them in the
+backward pass (verl's flash-attn cross-entropy overwrites them there with its own gradient):
+rows are gathered at ``K x k`` ids (whose backward needs only the ids), the log-normaliser is
+computed chunk by chunk without gradient, and its share of the gradient is restored in the
+loss from verl's own sampled-token log-prob (:func:`with_normaliser_gradient`).
 
 No verl import here (torch only): the same functions run in-process in the tests.
 """
@@ -38,7 +40,8 @@ from sgsd.objective import ObjectiveConfig, local_support, topk_forward_kl, topk
 
 TOPK_FLAG = "sgsd_teacher_topk"  # non-tensor key: this forward is a teacher pass asking for k ids
 TOPK_ID, TOPK_LP = "sgsd_topk_id_", "sgsd_topk_lp_"  # per-rank teacher outputs (rank j of the top-k)
-DIVERGENCE, LOCAL_GAP = "sgsd_div_", "sgsd_gap_"  # per-teacher-slot student outputs
+DIVERGENCE, LOCAL_GAP, DNORM = "sgsd_div_", "sgsd_gap_", "sgsd_dnorm_"  # per-teacher-slot student outputs
+SAMPLED_LOGIT = "sgsd_zy"  # the student's logit of the sampled token, per position
 CHUNK_ROWS = 1024  # rows of [V] logits upcast to fp32 at a time (Qwen3: 0.6 GB)
 
 
@@ -98,35 +101,46 @@ def teacher_topk_outputs(logits: torch.Tensor, data: Any, k: int) -> dict[str, t
     return out
 
 
-class _RowLogSumExp(torch.autograd.Function):
-    """``logsumexp(logits[rows], -1)`` in fp32, forward and backward streamed over row chunks:
-    the saved tensors are the logits themselves (no copy) and the result."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(len(rows), dtype=torch.float32, device=logits.device)
+def _row_logsumexp(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``logsumexp(logits[rows], -1)`` in fp32, streamed over row chunks, without gradient."""
+    out = torch.empty(len(rows), dtype=torch.float32, device=logits.device)
+    with torch.no_grad():
         for s in range(0, len(rows), CHUNK_ROWS):
             out[s:s + CHUNK_ROWS] = torch.logsumexp(logits[rows[s:s + CHUNK_ROWS]].float(), dim=-1)
-        ctx.save_for_backward(logits, rows, out)
-        return out
+    return out
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        logits, rows, lse = ctx.saved_tensors
-        grad_logits = torch.zeros_like(logits)
-        for s in range(0, len(rows), CHUNK_ROWS):
-            r = rows[s:s + CHUNK_ROWS]
-            softmax = torch.exp(logits[r].float() - lse[s:s + CHUNK_ROWS, None])
-            grad_logits.index_add_(0, r, (softmax * grad[s:s + CHUNK_ROWS, None]).to(logits.dtype))
-        return grad_logits, None
+
+def _divergence(objective: ObjectiveConfig, teacher: torch.Tensor, student: torch.Tensor, data: Any,
+                rows: torch.Tensor, student_sampled: torch.Tensor | None):
+    """``(divergence [R, K], local gap [R, K] or None)`` of one loss type on the top-k."""
+    if objective.loss_type == "fkl":
+        return topk_forward_kl(teacher, student, objective.divergence_clip), None
+    if objective.loss_type == "jsd":
+        return topk_jsd(teacher, student, objective.jsd_beta, objective.divergence_clip), None
+    if objective.loss_type == "local_gated":
+        ids = data["sgsd_topk_ids"].values().to(teacher.device).long()
+        sampled = data["responses"].values().to(teacher.device).long()
+        teacher_sampled = data["sgsd_teacher_log_probs"].values().to(teacher.device).float()  # [R, K]
+        gap, kl = local_support(teacher, student, teacher_sampled, student_sampled.expand_as(teacher_sampled),
+                                (ids == sampled[:, None, None]).any(-1))
+        return kl, gap
+    raise ValueError(f"loss_type={objective.loss_type!r} does not read the teacher's top-k distribution")
 
 
 def student_divergence_outputs(logits: torch.Tensor, data: Any, objective: ObjectiveConfig) -> dict[str, torch.Tensor]:
     """Student side: per teacher slot, the per-token divergence on that teacher's top-k ids.
 
     Reads ``sgsd_topk_ids`` / ``sgsd_topk_log_probs`` ``[T_i, K, k]``, ``sgsd_teacher_log_probs``
-    ``[T_i, K]`` and the sampled ``responses`` of the micro-batch. Returns
-    ``{sgsd_div_<slot>: [1, N]}`` (and ``sgsd_gap_<slot>`` for ``local_gated``, detached).
+    ``[T_i, K]`` and the sampled ``responses`` of the micro-batch. Returns, per slot ``j``,
+    ``sgsd_div_<j>`` (the divergence, with gradient through the gathered logits only),
+    ``sgsd_dnorm_<j>`` (its derivative with respect to the log-normaliser, detached) and, for
+    ``local_gated``, ``sgsd_gap_<j>`` (detached); and ``sgsd_zy`` (the sampled token's logit).
+
+    The backward pass never reads the logits: verl's flash-attn cross-entropy (its sampled-token
+    log-probs, ``inplace_backward=True``) overwrites them with its own gradient during backward,
+    so a saved-logits softmax would read garbage. The log-normaliser is taken without gradient
+    here, and its part of the gradient, ``-(dD/dlse) softmax``, is rebuilt in the loss from the
+    sampled-token log-prob verl computes (:func:`with_normaliser_gradient`): ``lse = z_y - log pS(y)``.
     """
     n = logits.shape[0]
     rows = response_rows(data, n).to(logits.device)
@@ -135,24 +149,38 @@ def student_divergence_outputs(logits: torch.Tensor, data: Any, objective: Objec
     if ids.shape[0] != len(rows):
         raise ValueError(f"the teacher's top-k covers {ids.shape[0]} response tokens, the micro-batch has {len(rows)}")
     r, slots, k = ids.shape
-    lse = _RowLogSumExp.apply(logits, rows)  # [R]
-    student = logits[rows[:, None], ids.reshape(r, slots * k)].float().reshape(r, slots, k) - lse[:, None, None]
-    if objective.loss_type == "fkl":
-        divergence, gap = topk_forward_kl(teacher, student, objective.divergence_clip), None
-    elif objective.loss_type == "jsd":
-        divergence, gap = topk_jsd(teacher, student, objective.jsd_beta, objective.divergence_clip), None
-    elif objective.loss_type == "local_gated":
-        sampled = data["responses"].values().to(logits.device).long()  # [R]
-        student_sampled = (logits[rows, sampled].float() - lse)[:, None].expand(r, slots)
-        teacher_sampled = data["sgsd_teacher_log_probs"].values().to(logits.device).float()  # [R, K]
-        gap, divergence = local_support(teacher, student, teacher_sampled, student_sampled,
-                                        (ids == sampled[:, None, None]).any(-1))
-    else:
-        raise ValueError(f"loss_type={objective.loss_type!r} does not read the teacher's top-k distribution")
+    lse = _row_logsumexp(logits, rows)[:, None, None]  # [R, 1, 1], no gradient
+    z = logits[rows[:, None], ids.reshape(r, slots * k)].float().reshape(r, slots, k)  # gathers: index backward
+    sampled = data["responses"].values().to(logits.device).long()
+    z_y = logits[rows, sampled].float()  # [R]
+    student, student_sampled = z - lse, (z_y - lse[:, 0, 0])[:, None]
+    divergence, gap = _divergence(objective, teacher, student, data, rows, student_sampled)
+    with torch.enable_grad():  # dD/dlse = -sum of dD/ds over the support, on detached copies
+        s_leaf = student.detach().requires_grad_()
+        y_leaf = student_sampled.detach().expand(r, slots).clone().requires_grad_()  # one per teacher
+        value, _ = _divergence(objective, teacher, s_leaf, data, rows, y_leaf)
+        ds, dy = torch.autograd.grad(value.sum(), (s_leaf, y_leaf), allow_unused=True)
+    dnorm = -(ds.sum(-1) + (dy if dy is not None else 0.0))  # [R, K]
     out = {f"{DIVERGENCE}{j}": _per_token(divergence[:, j], rows, n) for j in range(slots)}
+    out.update({f"{DNORM}{j}": _per_token(dnorm[:, j].detach(), rows, n) for j in range(slots)})
+    out[SAMPLED_LOGIT] = _per_token(z_y, rows, n)
     if gap is not None:
         out.update({f"{LOCAL_GAP}{j}": _per_token(gap[:, j].detach(), rows, n) for j in range(slots)})
     return out
+
+
+def with_normaliser_gradient(divergence: torch.Tensor, dnorm: torch.Tensor, sampled_logit: torch.Tensor,
+                             student_log_probs: torch.Tensor) -> torch.Tensor:
+    """The divergence ``[B, K, T]`` with the log-normaliser's part of its gradient restored.
+
+    ``lse = z_y - log pS(y)`` per position, where ``log pS(y)`` (``[B, T]``) is verl's live
+    sampled-token log-prob (``d lse / d logits = softmax``): adding ``dnorm * lse`` minus its own
+    value leaves the divergence's value unchanged and adds ``dnorm * softmax`` to its gradient,
+    exactly the term the gradient-free normaliser left out.
+    """
+    lse = (sampled_logit - student_log_probs).unsqueeze(1)  # [B, 1, T], with gradient
+    term = dnorm * lse
+    return divergence + term - term.detach()
 
 
 def uniform_topk(length: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from recipe.sgsd.distribution import (DIVERGENCE, LOCAL_GAP, TOPK_FLAG, student_divergence_outputs,
-                                      teacher_topk_outputs)
+from recipe.sgsd.distribution import (DIVERGENCE, DNORM, LOCAL_GAP, SAMPLED_LOGIT, TOPK_FLAG,
+                                      student_divergence_outputs, teacher_topk_outputs, with_normaliser_gradient)
 from recipe.sgsd.teacher_pass import TeacherFields, fit_width, read_loss_inputs
 from sgsd.objective import ObjectiveConfig, sgsd_objective
 
@@ -101,7 +101,7 @@ class SGSDActorLoss:
         # where a token count above 256 is not exact (403 response tokens sum to 404)
         student = no_padding_2_padding(model_output["log_probs"], data).float()
         inputs = read_loss_inputs(data, student.shape[1])
-        divergence, gap = self.distribution_inputs(model_output, data, inputs.teacher.shape[1], student.shape[1])
+        divergence, gap = self.distribution_inputs(model_output, data, inputs.teacher.shape[1], student)
         out = sgsd_objective(student, inputs.teacher, inputs.token_mask, inputs.alpha, inputs.outcome_sign,
                              self.objective, response_mask=inputs.response_mask, divergence=divergence,
                              support_gap=gap)
@@ -118,23 +118,28 @@ class SGSDActorLoss:
         return loss, out.metrics
 
     def distribution_inputs(self, model_output: dict, data: Any, slots: int,
-                            width: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                            student: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The logits hook's per-teacher ``[B, T]`` outputs as ``divergence`` (and, for
-        ``local_gated``, ``support_gap``) ``[B, K, T]``; ``(None, None)`` for the sampled-token losses."""
+        ``local_gated``, ``support_gap``) ``[B, K, T]``; ``(None, None)`` for the sampled-token losses.
+        ``student``: the live sampled-token log-probs ``[B, T]``, through which the divergence's
+        log-normaliser gradient flows (:func:`recipe.sgsd.distribution.with_normaliser_gradient`)."""
         from verl.workers.utils.padding import no_padding_2_padding
 
         if not self.objective.uses_distribution:
             return None, None
+        width = student.shape[1]
+
+        def padded(key: str) -> torch.Tensor:
+            if key not in model_output:
+                raise RuntimeError(f"loss_type={self.objective.loss_type!r} but verl's model output lacks "
+                                   f"{key}: the actor update ran without distillation_use_topk")
+            return fit_width(no_padding_2_padding(model_output[key], data).float(), width)
 
         def per_slot(prefix: str) -> torch.Tensor:
-            missing = [f"{prefix}{j}" for j in range(slots) if f"{prefix}{j}" not in model_output]
-            if missing:
-                raise RuntimeError(f"loss_type={self.objective.loss_type!r} but verl's model output lacks "
-                                   f"{missing[0]}: the actor update ran without distillation_use_topk")
-            return torch.stack([fit_width(no_padding_2_padding(model_output[f"{prefix}{j}"], data).float(), width)
-                                for j in range(slots)], 1)
+            return torch.stack([padded(f"{prefix}{j}") for j in range(slots)], 1)
 
-        return per_slot(DIVERGENCE), per_slot(LOCAL_GAP) if self.objective.loss_type == "local_gated" else None
+        divergence = with_normaliser_gradient(per_slot(DIVERGENCE), per_slot(DNORM), padded(SAMPLED_LOGIT), student)
+        return divergence, per_slot(LOCAL_GAP) if self.objective.loss_type == "local_gated" else None
 
     def _dump(self, **tensors: torch.Tensor) -> None:
         import os

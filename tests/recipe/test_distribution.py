@@ -99,3 +99,34 @@ def test_the_actor_loss_through_the_logits_hook_equals_the_full_distribution_obj
     assert hooked.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
     assert hooked.item() != 0.0 and hooked_grad.abs().sum() > 0
     assert torch.allclose(hooked_grad, expected_grad, rtol=1e-3, atol=1e-6)
+
+
+def test_the_student_side_never_reads_the_logits_in_backward(policy, tiny_batch, run_config, make_teacher_pass):
+    """verl's flash-attn cross-entropy (``inplace_backward=True``) overwrites the logits with its
+    own gradient during backward: here they are overwritten (bypassing autograd's version
+    counter, as a Triton kernel does) after the hook ran, and the gradient must be unchanged."""
+    from tests.tiny_policy import actor_micro_batch, sequence_log_probs
+
+    config = run_config("sgsd.threshold=2.5", f"sgsd.teacher_topk={K_IDS}", "sgsd.ablation.loss_type=fkl")
+    objective = sgsd_config_of(config).objective_config()
+    result = make_teacher_pass(config)(tiny_batch.rollouts, HFScorer(policy))
+    loss_fn = SGSDActorLoss(actor_config=None, objective=objective)
+    data = actor_micro_batch(tiny_batch.prompts, tiny_batch.rollouts, result.fields)
+
+    def gradient(corrupt: bool) -> torch.Tensor:
+        policy.zero_grad()
+        logits = torch.cat([policy(ids[None]).logits[0].float() for ids in data["input_ids"].unbind()])
+        offsets = data["input_ids"].offsets()
+        out = {key: torch.nested.nested_tensor_from_jagged(v.squeeze(0), offsets)
+               for key, v in loss_fn(student_logits=logits[None], data=data).items()}
+        if corrupt:
+            logits.data.normal_()  # what an in-place backward kernel leaves in the buffer
+        out["log_probs"] = jagged(sequence_log_probs(policy, ids) for ids in data["input_ids"].unbind())
+        loss, _ = loss_fn(out, data)
+        loss.backward()
+        g = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+        policy.zero_grad()
+        return g
+
+    clean = gradient(corrupt=False)
+    assert clean.abs().sum() > 0 and torch.equal(clean, gradient(corrupt=True))

@@ -46,8 +46,8 @@ class Outcome:
             divergence = gap = None
             if loss_fn.objective.uses_distribution:  # what the actor's logits hook hands the objective
                 data = actor_micro_batch(batch.prompts, batch.rollouts, self.result.fields)
-                divergence, gap = loss_fn.distribution_inputs(logits_hook(policy, loss_fn, data), data,
-                                                              x.teacher.shape[1], x.teacher.shape[2])
+                hooked = logits_hook(policy, loss_fn, data)
+                divergence, gap = loss_fn.distribution_inputs(hooked, data, x.teacher.shape[1], x.student)
             self.objective = sgsd_objective(x.student, x.teacher, x.token_mask, x.alpha, x.outcome_sign,
                                             self.sgsd.objective_config(), response_mask=x.response_mask,
                                             divergence=divergence, support_gap=gap)
