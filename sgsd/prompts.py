@@ -27,7 +27,7 @@ truncated when a teacher prompt exceeds its token budget (:func:`teacher_prompt_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "ChatFormat",
     "answer_teacher_prompt",
     "apply_chat",
+    "fit_guidance",
     "guidance_block",
     "skill_student_prompt",
     "student_prompt",
@@ -170,22 +171,47 @@ def teacher_prompt_ids(
         text = apply_chat(tokenizer, with_guidance(g, problem) if g else student_prompt(problem), fmt)
         return tokenizer.encode(text, add_special_tokens=False)
 
-    ids = encode(guidance)
+    return fit_guidance(tokenizer, encode, guidance, max_tokens, keep="head")
+
+
+def fit_guidance(
+    tokenizer: Any,
+    render: Callable[[str], list[int]],
+    guidance: str,
+    max_tokens: int | None,
+    *,
+    keep: str = "head",
+) -> tuple[list[int], bool]:
+    """``render(guidance)`` cut to ``max_tokens`` by shortening ``guidance`` alone.
+
+    ``render(text)`` is the whole prompt's ids around a guidance text (``render("")``: the
+    prompt without any guidance). ``keep="head"`` keeps the guidance's start (it is cut
+    from its end, :func:`teacher_prompt_ids`); ``keep="tail"`` keeps its end (it is cut
+    from its start: SDAR's left truncation, :mod:`sgsd.teacher_contexts`). Returns
+    ``(ids, truncated)``; raises ``ValueError`` if ``render("")`` is over the budget.
+    """
+    if keep not in ("head", "tail"):
+        raise ValueError(f"keep must be 'head' or 'tail', got {keep!r}")
+    ids = render(guidance)
     if max_tokens is None or len(ids) <= max_tokens:
         return ids, False
-    floor = len(encode(""))
-    if floor > max_tokens:
+    floor = render("")
+    if len(floor) > max_tokens:
         raise ValueError(
-            f"teacher prompt without any guidance is {floor} tokens, over the budget of {max_tokens}: "
+            f"teacher prompt without any guidance is {len(floor)} tokens, over the budget of {max_tokens}: "
             "raise the teacher prompt length, the problem cannot be truncated"
         )
     guidance_ids = tokenizer.encode(guidance, add_special_tokens=False)
-    # Token counts of a re-encoded prefix can differ by a few from the slice, so shrink
+    # Token counts of a re-encoded slice can differ by a few from the slice, so shrink
     # the slice until the whole prompt fits (usually one or two rounds).
-    keep = max(len(guidance_ids) - (len(ids) - max_tokens), 0)
-    while keep > 0:
-        candidate = encode(tokenizer.decode(guidance_ids[:keep]).rstrip())
+    count = max(len(guidance_ids) - (len(ids) - max_tokens), 0)
+    while count > 0:
+        if keep == "head":
+            text = tokenizer.decode(guidance_ids[:count]).rstrip()
+        else:  # a slice that starts inside a multi-byte character decodes to U+FFFD first
+            text = tokenizer.decode(guidance_ids[-count:]).lstrip("\ufffd").lstrip()
+        candidate = render(text)
         if len(candidate) <= max_tokens:
             return candidate, True
-        keep -= max(len(candidate) - max_tokens, 1)
-    return encode(""), True
+        count -= max(len(candidate) - max_tokens, 1)
+    return floor, True
