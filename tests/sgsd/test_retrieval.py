@@ -149,20 +149,25 @@ def test_query_lru_is_bounded(encoder):
     assert retriever.last_queries_encoded == 1  # "a" was evicted
 
 
-def test_encoder_query_prompt_is_used_when_the_model_defines_one(tmp_path):
+def test_the_models_query_prompt_is_used_only_when_the_spec_asks_for_it(tmp_path):
+    """Plain (the release's retrieval): problems and items encoded alike; ``#prompts``: the
+    model's own query prompt on problems."""
     from sentence_transformers import SentenceTransformer
 
     from sgsd.retrieval import resolve_encoder_path
 
-    model = SentenceTransformer(resolve_encoder_path(None), device="cpu",
-                                prompts={"query": "Represent this math problem for retrieving skills: ",
-                                         "document": ""})
+    instruction = "Represent this math problem for retrieving skills: "
+    model = SentenceTransformer(resolve_encoder_path(None), device="cpu", prompts={"query": instruction, "document": ""})
     model.save(str(tmp_path / "prompted"))
-    enc = SentenceTransformerEncoder(str(tmp_path / "prompted"))
     text = "Find all real x with x^2 = 4."
-    q, d = enc.encode_queries([text])[0], enc.encode_documents([text])[0]
-    assert not np.allclose(q, d, atol=1e-4)
-    direct = model.encode(["Represent this math problem for retrieving skills: " + text], normalize_embeddings=True)[0]
+    plain = SentenceTransformerEncoder(str(tmp_path / "prompted"))
+    q, d = plain.encode_queries([text])[0], plain.encode_documents([text])[0]
+    assert np.allclose(q, d, atol=1e-6) and not plain.use_prompts
+    assert np.allclose(q, model.encode([text], normalize_embeddings=True)[0], atol=1e-5)
+    prompted = SentenceTransformerEncoder(str(tmp_path / "prompted") + "#prompts")
+    q, d = prompted.encode_queries([text])[0], prompted.encode_documents([text])[0]
+    assert prompted.name.endswith("#prompts") and not np.allclose(q, d, atol=1e-4)
+    direct = model.encode([instruction + text], normalize_embeddings=True)[0]
     assert np.allclose(q, direct, atol=1e-5)
     assert math.isclose(float(np.linalg.norm(q)), 1.0, rel_tol=1e-5)
 
