@@ -161,8 +161,10 @@ def test_the_frozen_lora_teacher_hands_the_loss_its_top_k_distribution(frozen_lo
                                          dump["temperature"])
             top = full.topk(FROZEN_LORA_TOPK, -1)
             ids, lps = dump["topk_ids"][owner][:, slot].long(), dump["topk_log_probs"][owner][:, slot]
-            # bf16 forwards in the worker: near-ties may swap ranks; the kept mass and values agree
-            assert (ids == top.indices).float().mean() > 0.9
+            # bf16 forwards in the worker: near-ties may swap ranks or trade the k-th id; the sets,
+            # the ranked values and each id's own log-prob agree
+            in_top = (ids[:, :, None] == top.indices[:, None, :]).any(-1)
+            assert in_top.float().mean() > 0.9
             assert (lps - top.values).abs().mean() < TOLERANCE
             assert (full.gather(-1, ids) - lps).abs().mean() < TOLERANCE  # each id's own log-prob
     from sgsd.objective import ObjectiveConfig
