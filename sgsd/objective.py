@@ -129,7 +129,7 @@ def topk_forward_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor,
         term_clip: upper clip of each id's term ``pT_i (log pT_i - log pS_i)`` before the
             sum (the official release's OPSD ``jsd_token_clip``, which clamps its elementwise
             ``kl_div`` output, i.e. per vocabulary entry); None: no clip. The tail bin's term
-            is not clipped (it stands for many ids, each far below a clip of 0.05).
+            is not clipped (it stands for the ids outside the top-k, whose own terms are unknown).
 
     Returns:
         ``[...]``: ``sum_i pT_i (log pT_i - log pS_i) + tT (log tT - log tS)``, with ``t`` the

@@ -110,18 +110,16 @@ def _row_logsumexp(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _divergence(objective: ObjectiveConfig, teacher: torch.Tensor, student: torch.Tensor, data: Any,
-                rows: torch.Tensor, student_sampled: torch.Tensor | None):
+def _divergence(objective: ObjectiveConfig, teacher: torch.Tensor, student: torch.Tensor, ids: torch.Tensor,
+                sampled: torch.Tensor, data: Any, student_sampled: torch.Tensor):
     """``(divergence [R, K], local gap [R, K] or None)`` of one loss type on the top-k."""
     if objective.loss_type == "fkl":
         return topk_forward_kl(teacher, student, objective.divergence_clip), None
     if objective.loss_type == "jsd":
         return topk_jsd(teacher, student, objective.jsd_beta, objective.divergence_clip), None
     if objective.loss_type == "local_gated":
-        ids = data["sgsd_topk_ids"].values().to(teacher.device).long()
-        sampled = data["responses"].values().to(teacher.device).long()
         teacher_sampled = data["sgsd_teacher_log_probs"].values().to(teacher.device).float()  # [R, K]
-        gap, kl = local_support(teacher, student, teacher_sampled, student_sampled.expand_as(teacher_sampled),
+        gap, kl = local_support(teacher, student, teacher_sampled, student_sampled,
                                 (ids == sampled[:, None, None]).any(-1))
         return kl, gap
     raise ValueError(f"loss_type={objective.loss_type!r} does not read the teacher's top-k distribution")
@@ -153,13 +151,17 @@ def student_divergence_outputs(logits: torch.Tensor, data: Any, objective: Objec
     z = logits[rows[:, None], ids.reshape(r, slots * k)].float().reshape(r, slots, k)  # gathers: index backward
     sampled = data["responses"].values().to(logits.device).long()
     z_y = logits[rows, sampled].float()  # [R]
-    student, student_sampled = z - lse, (z_y - lse[:, 0, 0])[:, None]
-    divergence, gap = _divergence(objective, teacher, student, data, rows, student_sampled)
-    with torch.enable_grad():  # dD/dlse = -sum of dD/ds over the support, on detached copies
-        s_leaf = student.detach().requires_grad_()
-        y_leaf = student_sampled.detach().expand(r, slots).clone().requires_grad_()  # one per teacher
-        value, _ = _divergence(objective, teacher, s_leaf, data, rows, y_leaf)
-        ds, dy = torch.autograd.grad(value.sum(), (s_leaf, y_leaf), allow_unused=True)
+    with torch.enable_grad():  # dD/dlse = -(the sum of dD/ds over the support), from the same forward
+        student = z - lse
+        student_sampled = (z_y - lse[:, 0, 0])[:, None].expand(r, slots).clone()  # one per teacher slot
+        wanted = student.requires_grad
+        if not wanted:  # a caller without gradient: leaves, for dD/ds alone
+            student, student_sampled = student.requires_grad_(), student_sampled.requires_grad_()
+        divergence, gap = _divergence(objective, teacher, student, ids, sampled, data, student_sampled)
+        ds, dy = torch.autograd.grad(divergence.sum(), (student, student_sampled), retain_graph=wanted,
+                                     allow_unused=True)
+    if not wanted:
+        divergence = divergence.detach()
     dnorm = -(ds.sum(-1) + (dy if dy is not None else 0.0))  # [R, K]
     out = {f"{DIVERGENCE}{j}": _per_token(divergence[:, j], rows, n) for j in range(slots)}
     out.update({f"{DNORM}{j}": _per_token(dnorm[:, j].detach(), rows, n) for j in range(slots)})

@@ -115,8 +115,7 @@ FINGERPRINTS = {
     "opsd": lambda o, d: (o.teachers == [1] * 4 and o.prompts_say(answer=True, skills=False)
                           and torch.equal(o.objective.polarity, (o.inputs.alpha > 0).float())
                           and o.metrics["mask_keep_frac"] == 1.0 and o.sgsd.logprob_temperature == 1.1
-                          and bool((o.objective.token_loss_mean <= 0.05 * 100 + 1.0).all())
-                          and _frozen_with_a_reference_model(o)),
+                          and o.sgsd.divergence_clip == 0.05 and _frozen_with_a_reference_model(o)),
     "opsd_rkl": lambda o, d: (o.teachers == [1] * 4 and o.prompts_say(answer=True, skills=False)
                               and torch.equal(o.objective.polarity, (o.inputs.alpha > 0).float()) and _rkl(o)
                               and _frozen_with_a_reference_model(o)),
