@@ -1,11 +1,11 @@
 """The data shipped inside the package, and a loader for problem files.
 
 ``resolve(value, kind)`` is the one place a value that is "a path or a shipped name" (a
-skill bank, a benchmark, a training set) becomes a file, for the CLI, the evaluation, the
-cold-start build, the data preparation and the trainer alike; ``shipped_path`` locates
-package data without relying on the current directory. :func:`load_problems` reads any
-JSONL (or parquet) of ``problem``/``answer`` rows with errors that name the file, the line
-and the field.
+skill bank, a benchmark, a training set, an SDAR-style skill file) becomes a file, for the
+CLI, the evaluation, the cold-start build, the data preparation and the trainer alike;
+``shipped_path`` locates package data without relying on the current directory.
+:func:`load_problems` reads any JSONL (or parquet) of ``problem``/``answer`` rows with
+errors that name the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
     "DATA_DIR",
     "SHIPPED",
     "SKILL_BANKS",
+    "SKILL_FILES",
     "TRAIN_SETS",
     "Problem",
     "ProblemFileError",
@@ -41,12 +42,18 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 BENCHMARKS = ("aime24", "aime25", "hmmt25", "amc2023", "math500")
 SKILL_BANKS = ("qwen3_1.7b", "qwen3_4b")
 TRAIN_SETS = ("math_train", "gsm8k")
+#: static skill files for :func:`sgsd.skill_sources.load_skill_files` (SDAR's skill-file
+#: teacher); written for this project, as SDAR ships none for math (sgsd/data/README.md)
+SKILL_FILES = ("math",)
 #: kind -> (folder under DATA_DIR, shipped names, file suffix, what the error messages call it)
 SHIPPED = {
     "bank": ("skill_banks", SKILL_BANKS, ".json", "skill bank"),
     "benchmark": ("benchmarks", BENCHMARKS, ".jsonl", "benchmark"),
     "train": ("train", TRAIN_SETS, ".jsonl", "training set"),
+    "skills": ("skills", SKILL_FILES, ".json", "skill file"),
 }
+#: kinds whose loader also reads a folder: an existing folder of that name wins too
+_FOLDER_KINDS = frozenset({"skills"})
 ALIASES = {"amc23": "amc2023", "math-500": "math500"}  # the names papers use
 
 
@@ -71,7 +78,7 @@ def shipped_path(*parts: str) -> Path:
 
 def shipped_file(name: str, kind: str) -> Path:
     """The shipped file named ``name`` (or an :data:`ALIASES` name) of ``kind``: ``"bank"``,
-    ``"benchmark"`` or ``"train"``; a ValueError lists the shipped names."""
+    ``"benchmark"``, ``"train"`` or ``"skills"``; a ValueError lists the shipped names."""
     folder, names, suffix, what = SHIPPED[kind]
     name = ALIASES.get(name, name)
     if name not in names:
@@ -82,12 +89,15 @@ def shipped_file(name: str, kind: str) -> Path:
 def resolve(value: str | os.PathLike[str], kind: str) -> Path:
     """A path or a shipped name of ``kind`` (see :func:`shipped_file`) as a path.
 
-    An existing file wins over a shipped name (``./aime24`` is read if it is there); a
-    value that is neither comes back as a path, for its loader to report missing.
+    An existing file wins over a shipped name (``./aime24`` is read if it is there), and
+    for ``"skills"``, whose loader also reads a folder of skill files, an existing folder
+    too (``./math/``); a value that is neither comes back as a path, for its loader to
+    report missing.
     """
     path = Path(value).expanduser()
     name = ALIASES.get(str(value), str(value))
-    return shipped_file(name, kind) if not path.is_file() and name in SHIPPED[kind][1] else path
+    exists = path.is_file() or (kind in _FOLDER_KINDS and path.is_dir())
+    return shipped_file(name, kind) if not exists and name in SHIPPED[kind][1] else path
 
 
 def source_label(path: Path) -> str:

@@ -36,6 +36,7 @@ def test_wheel_ships_data_with_licences(wheel_names):
     assert shipped <= wheel_names, sorted(shipped - wheel_names)
     assert "sgsd/data/skill_banks/LICENSE.official-sgsd" in wheel_names
     assert "sgsd/data/train/LICENSE.math-evaluation-harness" in wheel_names
+    assert "sgsd/data/skills/math.json" in wheel_names  # a data folder of its own (namespace package)
 
 
 def test_wheel_has_library_recipe_and_cli(wheel, wheel_names):

@@ -76,6 +76,7 @@ def test_answer_required_where_grading_needs_it(tmp_path):
     ("aime24", "benchmark", "benchmarks/aime24.jsonl"),
     ("amc23", "benchmark", "benchmarks/amc2023.jsonl"),  # the papers' name for amc2023
     ("gsm8k", "train", "train/gsm8k.jsonl"),
+    ("math", "skills", "skills/math.json"),  # SDAR-style skill file, written for this project
 ])
 def test_resolve_a_shipped_name(value, kind, shipped):
     assert resolve(value, kind) == DATA_DIR / shipped
@@ -90,6 +91,24 @@ def test_resolve_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch
     assert load_problems(resolve("aime24", "benchmark"))[0].problem == "mine"
     assert resolve("gsm8k", "train") == DATA_DIR / "train" / "gsm8k.jsonl"
     assert source_label(resolve("aime24", "benchmark")) == str(tmp_path / "aime24")
+
+
+def test_a_skill_path_wins_over_the_shipped_skill_file(tmp_path, monkeypatch):
+    """load_skill_files reads a JSON file or a folder of .md/.txt skills: either, if it exists, is meant."""
+    from sgsd.skill_sources import load_skill_files
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve("math", "skills") == DATA_DIR / "skills" / "math.json"
+    (tmp_path / "math").mkdir()
+    (tmp_path / "math" / "general.md").write_text("Read the task twice.\n")
+    assert resolve("math", "skills") == Path("math")
+    assert [s.name for s in load_skill_files(resolve("math", "skills"))] == ["general"]
+    mine = tmp_path / "mine.json"
+    mine.write_text('[{"name": "mine", "text": "My skill."}]')
+    assert resolve(mine, "skills") == mine
+    assert resolve("aime24", "skills") == Path("aime24")  # a benchmark is no skill file
+    with pytest.raises(ValueError, match=r"unknown shipped skill file 'physics'; shipped: math"):
+        shipped_file("physics", "skills")
 
 
 def test_resolve_leaves_other_values_to_their_loader(tmp_path):

@@ -13,6 +13,7 @@ from sgsd.llm.openai_client import OpenAICompatibleClient
 from sgsd.records import RolloutRecord
 from sgsd.skill_sources import (
     SUMMARY_FIELD_MAX_CHARS,
+    Skill,
     SkillFileError,
     SummaryStore,
     TrajectorySummarizer,
@@ -81,6 +82,28 @@ def test_a_bad_skill_folder_is_an_error_naming_the_file(tmp_path):
     (tmp_path / "b.md").write_bytes(b"\xc3\x28")
     with pytest.raises(SkillFileError, match="b.md: not UTF-8"):
         load_skill_files(tmp_path)
+
+
+def test_the_shipped_math_skill_file():
+    """sgsd/data/skills/math.json (written for this project): one general skill, topic skills
+    whose every keyword occurs in some MATH training problem (a typo'd keyword would not)."""
+    from sgsd.datasets import load_problems, resolve, shipped_path
+    from sgsd.skill_strategies import KeywordStrategy
+
+    skills = load_skill_files(resolve("math", "skills"))
+    names = [s.name for s in skills]
+    assert len(names) == len(set(names)) and len(skills) >= 8
+    [general] = [s for s in skills if not s.keywords]  # exactly one, shown for every problem
+    assert general.name == "general_workflow" and "\\boxed{" in general.text
+    assert all(len(s.text) <= 1000 and not s.text.lstrip().startswith("#") for s in skills)
+    problems = [p.problem for p in load_problems(shipped_path("train", "math_train.jsonl"))]
+    strategy = KeywordStrategy()
+    unmatched = [(s.name, kw) for s in skills for kw in s.keywords
+                 if not any(strategy.matches(p, Skill(s.name, s.text, (kw,))) for p in problems)]
+    assert not unmatched, unmatched
+    topics = [sum(1 for s in strategy.select(p, skills) if s.keywords) for p in problems]
+    assert sum(1 for n in topics if n) > 0.7 * len(problems)  # most problems get a topic skill
+    assert sum(1 for n in topics if n > 3) < 0.02 * len(problems)  # few get nearly all of them
 
 
 # ----------------------------------------------------------------------------- parsing
