@@ -16,6 +16,15 @@ support.png       the robust support ``a_k`` (eqs. 11-12): ``sgsd/support_mean``
                   ``sgsd/clipped_frac`` (at ``±clip``) and
                   ``sgsd/below_threshold_frac`` (inside the neutral zone ``±eps_a``)
 gate_loss.png     ``sgsd/gate_loss`` and ``sgsd/loss`` (eqs. 14-17)
+skill_sd.png      Skill-SD's L_SDL: ``sgsd/skill_sd/loss`` and ``sgsd/skill_sd/sdl_token_loss`` (mean
+                  rho k3 per token); the importance ratios ``sgsd/skill_sd/rho_{mean,max}``; the
+                  clamps' shares ``sgsd/skill_sd/{rho,k3}_clipped_frac``; the teacher gap
+                  ``sgsd/skill_sd/log_ratio_teacher_mean`` (mean log pi_theta - log pi_T)
+sdar.png          SDAR's gate: ``sgsd/sdar/loss`` and ``sgsd/sdar/token_loss``;
+                  ``sgsd/sdar/gate_mean`` and ``sgsd/sdar/gate_active_frac`` (gate > 0.5); the gap
+                  ``sgsd/sdar/gap_mean`` (mean log pi_T - log pi_theta)
+rlsd.png          RLSD's advantage reweighting: ``sgsd/rlsd/lambda`` (the decaying mixing weight),
+                  ``sgsd/rlsd/weight_mean``, ``sgsd/rlsd/weight_clipped_frac`` (at ``1 ± eps``)
 teachers.png      ``sgsd/teachers_per_problem`` (scored by the loss) and
                   ``sgsd/teachers_per_problem_retrieved``
 bank.png          static and dynamic items per collection: ``sgsd/bank/<collection>_<origin>``,
@@ -25,7 +34,9 @@ utility.png       the best and worst items of the latest bank by :func:`sgsd.ite
 ================  ==========================================================================
 
 The support panel draws what the run logs: per-step means, shares and batch quantiles of
-``a_k`` (runs from before the quantiles were logged show the means and shares only). A run without ``sgsd/*`` metrics (GRPO)
+``a_k`` (runs from before the quantiles were logged show the means and shares only). The sibling
+methods' panels (``skill_sd``, ``sdar``, ``rlsd``) are drawn for the runs that log their keys, any
+of them: a key a run lacks is not drawn for it. A run without ``sgsd/*`` metrics (GRPO)
 appears in the training panel only; every panel or run left out is reported in
 :attr:`Rendered.notes` and in the figure's title, and a picture nobody can draw is not written.
 
@@ -56,7 +67,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["PANELS", "PlotError", "Rendered", "build_figures", "render"]
 
-PANELS = ("training", "polarity", "support", "gate_loss", "teachers", "bank", "utility")
+PANELS = ("training", "polarity", "support", "gate_loss", "skill_sd", "sdar", "rlsd", "teachers", "bank",
+          "utility")
 COLLECTIONS = ("general_skills", "common_mistakes")
 CATEGORY_COLOURS = {"helpful": "#2ca02c", "warning": "#1f77b4", "over_suppressive": "#ff7f0e",
                     "misleading": "#d62728", "neutral": "#9a9a9a"}
@@ -245,6 +257,54 @@ def _gate_loss(runs):
          [("sgsd/gate_loss", "gate loss", "-"), ("sgsd/loss", "SGSD loss (as optimised)", "--")])], runs)
 
 
+def _skill_sd(runs):
+    fig, missing = _sgsd_lines("Skill-SD: L_SDL and its importance ratios", [
+        ("Self-distillation loss L_SDL", "loss",
+         [("sgsd/skill_sd/loss", "L_SDL (as optimised)", "-"),
+          ("sgsd/skill_sd/sdl_token_loss", "mean rho k3 per token", "--")]),
+        ("Importance ratio rho = pi_theta / pi_old", "rho",
+         [("sgsd/skill_sd/rho_mean", "mean rho", "-"), ("sgsd/skill_sd/rho_max", "max rho", "--")]),
+        ("Where the clamps bind", "share of tokens",
+         [("sgsd/skill_sd/rho_clipped_frac", "rho at its clamp", "-"),
+          ("sgsd/skill_sd/k3_clipped_frac", "k3 at its clamp", "--")]),
+        ("Gap to the teacher", "log pi_theta - log pi_T (mean per token)",
+         [("sgsd/skill_sd/log_ratio_teacher_mean", "mean log ratio", "-")]),
+    ], runs)
+    if fig is not None:
+        fig.axes[1].axhline(1.0, color="0.5", linewidth=0.8)  # on-policy: rho = 1
+        fig.axes[2].set_ylim(-0.04, 1.04)  # shares
+        fig.axes[3].axhline(0.0, color="0.5", linewidth=0.8)
+    return fig, missing
+
+
+def _sdar(runs):
+    fig, missing = _sgsd_lines("SDAR: gated self-distillation", [
+        ("SDAR loss", "loss",
+         [("sgsd/sdar/loss", "SDAR loss (as optimised)", "-"), ("sgsd/sdar/token_loss", "mean per token", "--")]),
+        ("The gate", "gate value / share of tokens",
+         [("sgsd/sdar/gate_mean", "mean gate", "-"), ("sgsd/sdar/gate_active_frac", "gate > 0.5", "--")]),
+        ("Teacher gap", "log pi_T - log pi_theta (mean per token)",
+         [("sgsd/sdar/gap_mean", "mean gap", "-")]),
+    ], runs)
+    if fig is not None:
+        fig.axes[1].set_ylim(-0.04, 1.04)  # a sigmoid gate and a share
+        fig.axes[2].axhline(0.0, color="0.5", linewidth=0.8)
+    return fig, missing
+
+
+def _rlsd(runs):
+    fig, missing = _sgsd_lines("RLSD: advantage reweighting", [
+        ("Mixing weight (decays to 0)", "lambda", [("sgsd/rlsd/lambda", "lambda", "-")]),
+        ("Advantage weight clip(exp(sign(A) Delta), 1 ± eps)", "weight (mean over tokens)",
+         [("sgsd/rlsd/weight_mean", "mean weight", "-")]),
+        ("Where the clip binds", "share of tokens", [("sgsd/rlsd/weight_clipped_frac", "weight at 1 ± eps", "-")]),
+    ], runs)
+    if fig is not None:
+        fig.axes[1].axhline(1.0, color="0.5", linewidth=0.8)  # weight 1: the advantage unchanged
+        fig.axes[2].set_ylim(-0.04, 1.04)  # shares
+    return fig, missing
+
+
 def _teachers(runs):
     return _sgsd_lines("Teachers per problem", [
         ("Teachers per problem", "teachers",
@@ -359,7 +419,8 @@ def _utility(runs: Sequence[RunData]) -> tuple[Figure | None, dict[str, str]]:
 
 
 _BUILDERS = {"training": _training, "polarity": _polarity, "support": _support, "gate_loss": _gate_loss,
-             "teachers": _teachers, "bank": _bank, "utility": _utility}
+             "skill_sd": _skill_sd, "sdar": _sdar, "rlsd": _rlsd, "teachers": _teachers, "bank": _bank,
+             "utility": _utility}
 
 
 # --------------------------------------------------------------------- entry points

@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,12 @@ from sgsd.item_utility import CATEGORIES, utility_of, utility_score
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "tests" / "data" / "plot_runs"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SIBLINGS = ("skill_sd", "sdar", "rlsd")  # the sibling methods' panels: none of them in an SGSD run
+SGSD_PANELS = tuple(p for p in PANELS if p not in SIBLINGS)
+SKILL_SD_KEYS = ("loss", "sdl_token_loss", "rho_mean", "rho_max", "rho_clipped_frac", "k3_clipped_frac",
+                 "log_ratio_teacher_mean")
+SDAR_KEYS = ("loss", "token_loss", "gate_mean", "gate_active_frac", "gap_mean")
+RLSD_KEYS = ("lambda", "weight_mean", "weight_clipped_frac")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +62,7 @@ def test_grpo_vs_sgsd_writes_every_panel_as_a_real_png(sgsd_run, grpo_run, tmp_p
     import matplotlib.image
 
     rendered = render([grpo_run, sgsd_run], tmp_path / "pics")
-    assert rendered.files == tuple(tmp_path / "pics" / f"{p}.png" for p in PANELS)
+    assert rendered.files == tuple(tmp_path / "pics" / f"{p}.png" for p in SGSD_PANELS)
     for path in rendered.files:
         width, height = _png_size(path)
         assert width >= 500 and height >= 350, (path, width, height)
@@ -63,9 +70,15 @@ def test_grpo_vs_sgsd_writes_every_panel_as_a_real_png(sgsd_run, grpo_run, tmp_p
         pixels = matplotlib.image.imread(path)  # decodes the whole file
         assert pixels.shape[:2] == (height, width)
     assert not list((tmp_path / "pics").glob(".*.tmp"))  # atomic writes leave no temporary files
-    # the GRPO run is left out of the SGSD panels, and each such panel says so
+    # the GRPO run is left out of the SGSD panels, and each such panel says so; neither run
+    # logged a sibling method's metrics, so those panels are not written
     assert [n.split(":")[0] for n in rendered.notes] == [f"{p}.png" for p in PANELS[1:]]
-    assert all(" grpo not shown (" in n for n in rendered.notes)
+    for note in rendered.notes:
+        if note.split(".")[0] in SIBLINGS:
+            assert note.startswith(f"{note.split('.')[0]}.png: not written (grpo: no sgsd/* metrics: not an SGSD "
+                                   "run; sgsd: no sgsd/"), note
+        else:
+            assert " grpo not shown (" in note, note
 
 
 def test_training_panel_overlays_both_runs_with_their_logged_values(sgsd_run, grpo_run):
@@ -124,7 +137,8 @@ def test_utility_shows_the_best_and_worst_items_of_the_latest_bank(sgsd_run):
 def test_two_sgsd_runs_side_by_side(sgsd_run):
     other = replace(sgsd_run, name="sgsd $k=8$")  # a '$' must not be read as mathtext
     figures, notes = build_figures([sgsd_run, other])
-    assert notes == []
+    assert [n.split(" ")[0] for n in notes] == [f"{p}.png:" for p in SIBLINGS]  # no sibling metrics
+    assert all(" not written (sgsd: no sgsd/" in n for n in notes)
     assert [ax.get_title() for ax in figures["polarity"].axes] == ["sgsd", r"sgsd \$k=8\$"]
     assert _legend(figures["teachers"].axes[0])[:2] == ["sgsd", r"sgsd \$k=8\$"]
     assert len(figures["utility"].axes) == 4  # one row of two axes per run
@@ -173,7 +187,7 @@ def test_cli_plot_grpo_vs_sgsd(tmp_path, capsys):
     assert main(["plot", str(RUNS / "grpo" / "metrics.jsonl"), str(RUNS / "sgsd"), "-o", str(out),
                  "--name", "GRPO", "--name", "SGSD"]) == 0
     captured = capsys.readouterr()
-    assert captured.out.split() == [str(out / f"{p}.png") for p in PANELS]
+    assert captured.out.split() == [str(out / f"{p}.png") for p in SGSD_PANELS]
     assert "sgsd: note: polarity.png: GRPO not shown (no sgsd/* metrics: not an SGSD run)" in captured.err
 
 
@@ -213,3 +227,118 @@ def test_support_panel_draws_the_batch_quantiles_when_logged(tmp_path):
     assert [list(line.get_ydata()) for line in quantiles.lines[:3]] == [[-1.0, -2.0, -3.0], [0.5, 1.0, 1.5],
                                                                          [2.0, 4.0, 6.0]]
     assert _legend(quantiles)[1:] == ["10th percentile", "median", "90th percentile"]
+
+
+# ----------------------------------------------------------------------------- the sibling methods' panels
+def _run(tmp_path: Path, name: str, rows: dict[int, dict[str, float]]) -> RunData:
+    """A run written as verl's file logger writes it (one line per step), read back by load_run."""
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "data": d}) + "\n" for s, d in rows.items()))
+    return load_run(path)
+
+
+def _method_rows(method: str, keys: Sequence[str], steps=(1, 2, 3)) -> dict[int, dict[str, float]]:
+    """Distinct values per key and step: key i at step s logs 0.1 * (i + 1) + 0.01 * s."""
+    return {s: {"critic/score/mean": 0.5, **{f"sgsd/{method}/{k}": round(0.1 * (i + 1) + 0.01 * s, 4)
+                                             for i, k in enumerate(keys)}} for s in steps}
+
+
+def _data(ax) -> list[tuple[str, str, list[int], list[float]]]:
+    """(colour, linestyle, steps, values) of each metric line of an axis (not its reference lines)."""
+    return [(line.get_color(), line.get_linestyle(), list(line.get_xdata()), list(line.get_ydata()))
+            for line in ax.lines if line.get_marker() == "o"]
+
+
+def test_skill_sd_run_gets_the_skill_sd_panel_only(tmp_path):
+    run = _run(tmp_path, "skill_sd", _method_rows("skill_sd", SKILL_SD_KEYS))
+    rendered = render([run], tmp_path / "pics")
+    written = {f.name for f in rendered.files}
+    assert "skill_sd.png" in written and "sdar.png" not in written and "rlsd.png" not in written
+    assert (tmp_path / "pics" / "skill_sd.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert not (tmp_path / "pics" / "sdar.png").exists()
+    assert "sdar.png: not written (skill_sd: no sgsd/sdar/loss, sgsd/sdar/token_loss" in rendered.notes[
+        [n.split(":")[0] for n in rendered.notes].index("sdar.png")]
+
+    figures, _ = build_figures([run])
+    loss, ratios, clamps, gap = figures["skill_sd"].axes
+    assert figures["skill_sd"].get_suptitle() == "Skill-SD: L_SDL and its importance ratios"
+    expected = {k: run.series(f"sgsd/skill_sd/{k}")[1] for k in SKILL_SD_KEYS}
+    assert expected["loss"] == [0.11, 0.12, 0.13] and expected["log_ratio_teacher_mean"] == [0.71, 0.72, 0.73]
+    assert _data(loss) == [("C0", "-", [1, 2, 3], expected["loss"]),
+                           ("C0", "--", [1, 2, 3], expected["sdl_token_loss"])]
+    assert _data(ratios) == [("C0", "-", [1, 2, 3], expected["rho_mean"]),
+                             ("C0", "--", [1, 2, 3], expected["rho_max"])]
+    assert _data(clamps) == [("C0", "-", [1, 2, 3], expected["rho_clipped_frac"]),
+                             ("C0", "--", [1, 2, 3], expected["k3_clipped_frac"])]
+    assert _data(gap) == [("C0", "-", [1, 2, 3], expected["log_ratio_teacher_mean"])]
+    assert _legend(loss) == ["skill_sd", "L_SDL (as optimised)", "mean rho k3 per token"]
+    assert _legend(ratios) == ["skill_sd", "mean rho", "max rho"]
+    assert _legend(clamps) == ["skill_sd", "rho at its clamp", "k3 at its clamp"]
+    assert _legend(gap) == ["skill_sd"]  # one metric: no style legend
+    assert clamps.get_ylim() == (-0.04, 1.04)
+
+
+def test_sibling_panels_draw_the_keys_a_run_has_and_name_the_runs_without_them(sgsd_run, tmp_path):
+    full = _run(tmp_path, "full", _method_rows("skill_sd", SKILL_SD_KEYS))
+    partial = _run(tmp_path, "partial", _method_rows("skill_sd", ("loss", "rho_mean"), steps=(2, 4)))
+    figures, notes = build_figures([sgsd_run, full, partial])
+    loss, ratios, clamps, gap = figures["skill_sd"].axes
+    # colours follow the runs' order (sgsd C0, full C1, partial C2); partial draws only what it logged
+    assert _data(loss) == [("C1", "-", [1, 2, 3], [0.11, 0.12, 0.13]), ("C1", "--", [1, 2, 3], [0.21, 0.22, 0.23]),
+                           ("C2", "-", [2, 4], [0.12, 0.14])]
+    assert [(c, st, x) for c, st, x, _ in _data(ratios)] == [("C1", "-", [1, 2, 3]), ("C1", "--", [1, 2, 3]),
+                                                             ("C2", "-", [2, 4])]
+    assert [c for c, *_ in _data(clamps)] == ["C1", "C1"] and [c for c, *_ in _data(gap)] == ["C1"]
+    assert _legend(clamps)[0] == "full" and "partial" not in _legend(clamps)
+    assert _legend(loss)[:2] == ["full", "partial"]
+    assert "(not shown: sgsd)" in figures["skill_sd"].get_suptitle()
+    assert "skill_sd.png: sgsd not shown (no sgsd/skill_sd/loss, sgsd/skill_sd/sdl_token_loss" in " ".join(notes)
+    assert "sdar" not in figures and "rlsd" not in figures
+
+
+def test_sdar_run_gets_the_sdar_panel_and_rlsd_its_own(tmp_path):
+    sdar = _run(tmp_path, "sdar", _method_rows("sdar", SDAR_KEYS))
+    rendered = render([sdar], tmp_path / "pics")
+    written = {f.name for f in rendered.files}
+    assert "sdar.png" in written and "skill_sd.png" not in written and "rlsd.png" not in written
+    assert (tmp_path / "pics" / "sdar.png").read_bytes()[:8] == PNG_SIGNATURE
+    figures, notes = build_figures([sdar])
+    loss, gate, gap = figures["sdar"].axes
+    expected = {k: sdar.series(f"sgsd/sdar/{k}")[1] for k in SDAR_KEYS}
+    assert _data(loss) == [("C0", "-", [1, 2, 3], expected["loss"]), ("C0", "--", [1, 2, 3], expected["token_loss"])]
+    assert _data(gate) == [("C0", "-", [1, 2, 3], expected["gate_mean"]),
+                           ("C0", "--", [1, 2, 3], expected["gate_active_frac"])]
+    assert _data(gap) == [("C0", "-", [1, 2, 3], expected["gap_mean"])]
+    assert _legend(loss) == ["sdar", "SDAR loss (as optimised)", "mean per token"]
+    assert _legend(gate) == ["sdar", "mean gate", "gate > 0.5"]
+    assert "rlsd.png: not written (sdar: no sgsd/rlsd/lambda, sgsd/rlsd/weight_mean, sgsd/rlsd/weight_clipped_frac)" \
+        in notes
+
+    # RLSD's reweighting: its own panel, beside SDAR's when a run logs both, alone when it logs only RLSD
+    both = _run(tmp_path, "both", {s: {**_method_rows("sdar", SDAR_KEYS)[s], **_method_rows("rlsd", RLSD_KEYS)[s]}
+                                   for s in (1, 2, 3)})
+    rlsd_only = _run(tmp_path, "rlsd_only", _method_rows("rlsd", RLSD_KEYS, steps=(1, 2)))
+    figures, notes = build_figures([both, rlsd_only])
+    assert {"sdar", "rlsd"} <= set(figures) and "skill_sd" not in figures
+    lam, weight, clipped = figures["rlsd"].axes
+    assert _data(lam) == [("C0", "-", [1, 2, 3], [0.11, 0.12, 0.13]), ("C1", "-", [1, 2], [0.11, 0.12])]
+    assert _data(weight) == [("C0", "-", [1, 2, 3], [0.21, 0.22, 0.23]), ("C1", "-", [1, 2], [0.21, 0.22])]
+    assert _data(clipped) == [("C0", "-", [1, 2, 3], [0.31, 0.32, 0.33]), ("C1", "-", [1, 2], [0.31, 0.32])]
+    assert _legend(lam) == ["both", "rlsd_only"]
+    assert "(not shown: rlsd_only)" in figures["sdar"].get_suptitle()
+    assert any(n.startswith("sdar.png: rlsd_only not shown (no sgsd/sdar/loss") for n in notes)
+    assert _legend(figures["sdar"].axes[0])[0] == "both"
+    rendered = render([rlsd_only], tmp_path / "rlsd_pics")
+    assert {f.name for f in rendered.files} == {"training.png", "rlsd.png"}
+
+
+def test_sgsd_run_gets_no_sibling_panel_and_the_notes_say_why(sgsd_run, tmp_path):
+    rendered = render([sgsd_run], tmp_path)
+    assert not (tmp_path / "skill_sd.png").exists() and not (tmp_path / "sdar.png").exists()
+    assert not (tmp_path / "rlsd.png").exists()
+    assert rendered.files == tuple(tmp_path / f"{p}.png" for p in SGSD_PANELS)
+    assert rendered.notes == (
+        "skill_sd.png: not written (sgsd: no " + ", ".join(f"sgsd/skill_sd/{k}" for k in SKILL_SD_KEYS) + ")",
+        "sdar.png: not written (sgsd: no " + ", ".join(f"sgsd/sdar/{k}" for k in SDAR_KEYS) + ")",
+        "rlsd.png: not written (sgsd: no " + ", ".join(f"sgsd/rlsd/{k}" for k in RLSD_KEYS) + ")",
+    )
