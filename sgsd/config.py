@@ -18,10 +18,21 @@ from sgsd.checks import raising
 from sgsd.llm.base import GenerationSettings
 from sgsd.objective import DISTRIBUTION_LOSSES, LOSS_TYPES, ObjectiveConfig
 from sgsd.retrieval import RetrievalConfig
+from sgsd.sd_objectives import (AGGREGATIONS, GATES, SDAR_DIVERGENCES, RLSDConfig, SDARConfig,
+                                SkillSDConfig)
+from sgsd.skill_strategies import STRATEGIES
 from sgsd.teacher_schedule import TEACHERS, TeacherSchedule
 from sgsd.token_mask import TokenMaskConfig
 
-__all__ = ["ConfigError", "AblationSettings", "UpdateSettings", "SGSDConfig"]
+__all__ = ["ConfigError", "AblationSettings", "METHODS", "RLSDSettings", "SDARSettings", "SGSDConfig",
+           "SkillSDSettings", "SkillSourceSettings", "UpdateSettings"]
+
+# sgsd.method: the family one key apart (docs/methods.md). skill_sd / sdar / rlsd distil ONE teacher
+# conditioned on the method's own skill source, on a GRPO backbone (rollout.n > 1).
+METHODS: tuple[str, ...] = ("sgsd", "skill_sd", "sdar", "rlsd")
+# What each sibling method reads by default: (skill source, retrieval strategy, teacher context)
+_METHOD_SKILLS = {"skill_sd": ("summaries", "ucb", "skill_sd"), "sdar": ("files", "keyword", "sdar"),
+                  "rlsd": ("files", "keyword", "sdar")}
 
 
 class ConfigError(ValueError):
@@ -80,6 +91,71 @@ class UpdateSettings:
 
 
 @dataclass(frozen=True)
+class SkillSourceSettings:
+    """Where the sibling methods' teacher skills come from (``sgsd.skills.*``); SGSD reads its bank.
+
+    ``source``: ``summaries`` (Skill-SD: one JSON summary per finished rollout, written by
+    ``sgsd.update.writer``, kept per problem) or ``files`` (SDAR: static skill files, ``files``);
+    ``strategy``: which of a problem's candidate skills the teacher sees
+    (:mod:`sgsd.skill_strategies`). ``null``: the method's own (skill_sd: summaries + ucb;
+    sdar, rlsd: files + keyword).
+    """
+
+    source: str | None = None
+    files: str = "math"  # a folder of .md/.txt skills, a JSON list of {name, text, keywords}, or a shipped name
+    strategy: str | None = None
+    top_k: int = 1  # skills shown per teacher prompt (embedding, random, ucb)
+    ucb_exploration: float = 1.4142135623730951  # UCB1's c (sqrt 2)
+    max_per_task: int = 8  # summaries kept per problem (oldest dropped first)
+    seed: int = 0  # random strategy
+
+    def __post_init__(self) -> None:
+        if self.source is not None:
+            _choice("sgsd.skills.source", self.source, ("summaries", "files"))
+        if self.strategy is not None:
+            _choice("sgsd.skills.strategy", self.strategy, STRATEGIES)
+        if not self.files:
+            raise ConfigError("sgsd.skills.files is empty: a skill folder, a JSON skill list, or a shipped name (math)")
+        _check("sgsd.skills.top_k", self.top_k, self.top_k >= 1, ">= 1")
+        _check("sgsd.skills.ucb_exploration", self.ucb_exploration, self.ucb_exploration >= 0, ">= 0")
+        _check("sgsd.skills.max_per_task", self.max_per_task, self.max_per_task >= 1, ">= 1")
+
+
+@dataclass(frozen=True)
+class SkillSDSettings:
+    """Skill-SD's L_SDL clamps (``sgsd.skill_sd.*``; :class:`sgsd.sd_objectives.SkillSDConfig`)."""
+
+    k3_clip: float = 20.0
+    log_ratio_clip: float = 10.0
+
+
+@dataclass(frozen=True)
+class SDARSettings:
+    """SDAR's gate and divergence (``sgsd.sdar.*``; :class:`sgsd.sd_objectives.SDARConfig`).
+    ``forward_kl`` / ``jsd`` read the teacher's top-k (``sgsd.teacher_topk``, ``sgsd.divergence_clip``,
+    ``sgsd.jsd_beta``)."""
+
+    beta: float = 5.0
+    gate: str = "gap"
+    entropy_beta: float = 5.0
+    entropy_center: float = 1.0
+    divergence: str = "reverse_kl"
+
+    def __post_init__(self) -> None:
+        _choice("sgsd.sdar.gate", self.gate, GATES)
+        _choice("sgsd.sdar.divergence", self.divergence, SDAR_DIVERGENCES)
+
+
+@dataclass(frozen=True)
+class RLSDSettings:
+    """RLSD's advantage reweighting (``sgsd.rlsd.*``; :class:`sgsd.sd_objectives.RLSDConfig`)."""
+
+    lam: float = 0.5
+    decay_steps: int = 100
+    clip_eps: float = 0.2
+
+
+@dataclass(frozen=True)
 class SGSDConfig:
     """Everything SGSD adds to a verl run. Defaults are the paper's (Tab. 11-12)."""
 
@@ -112,6 +188,12 @@ class SGSDConfig:
     divergence_clip: float | None = None  # fkl / jsd: upper clip of each id's term (release OPSD: 0.05)
     jsd_beta: float = 0.5
     record_buffer_size: int = 8192
+    method: str = "sgsd"  # sgsd | skill_sd | sdar | rlsd (METHODS)
+    aggregation: str | None = None  # problem_mean | token_mean; null: the method's (sgsd: problem_mean, else token_mean)
+    skills: SkillSourceSettings = field(default_factory=SkillSourceSettings)  # the sibling methods' skills
+    skill_sd: SkillSDSettings = field(default_factory=SkillSDSettings)
+    sdar: SDARSettings = field(default_factory=SDARSettings)
+    rlsd: RLSDSettings = field(default_factory=RLSDSettings)
     mask: TokenMaskConfig = field(default_factory=TokenMaskConfig)  # sgsd.mask.*: token classes removed
     ablation: AblationSettings = field(default_factory=AblationSettings)
     update: UpdateSettings = field(default_factory=UpdateSettings)
@@ -126,6 +208,15 @@ class SGSDConfig:
                self.max_teacher_prompt_length >= 16, ">= 16")
         _check("sgsd.distill_coef", self.distill_coef, self.distill_coef >= 0, ">= 0")
         _check("sgsd.teacher_topk", self.teacher_topk, self.teacher_topk >= 0, ">= 0")
+        _choice("sgsd.method", self.method, METHODS)
+        if self.aggregation is not None:
+            _choice("sgsd.aggregation", self.aggregation, AGGREGATIONS)
+        if self.sibling:
+            self._check_sibling()
+            return self._check_common()
+        if self.aggregation == "token_mean":
+            raise ConfigError("sgsd.aggregation=token_mean applies to sgsd.method=skill_sd | sdar; SGSD's objective is "
+                              "a mean over each problem's teachers and tokens (eq. 15): leave it null or problem_mean")
         distribution = self.ablation.loss_type in DISTRIBUTION_LOSSES
         if distribution and self.teacher_topk == 0:
             raise ConfigError(f"sgsd.ablation.loss_type={self.ablation.loss_type} reads the teacher's top-k "
@@ -134,6 +225,9 @@ class SGSDConfig:
             raise ConfigError(f"sgsd.teacher_topk={self.teacher_topk} is read only by the loss types "
                               f"{', '.join(DISTRIBUTION_LOSSES)}; sgsd.ablation.loss_type={self.ablation.loss_type} "
                               "uses the sampled token alone: set sgsd.teacher_topk=0")
+        self._check_common()
+
+    def _check_common(self) -> None:
         _check("sgsd.record_buffer_size", self.record_buffer_size, self.record_buffer_size >= 1, ">= 1")
         _choice("sgsd.teacher", self.teacher, TEACHERS)
         with _out_of_range("sgsd", {"decay": "teacher_ema_decay", "period": "teacher_period"}):
@@ -141,6 +235,92 @@ class SGSDConfig:
         _choice("sgsd.teacher_context", self.teacher_context, ("skills", "answer", "answer_skills"))
         if not self.bank_path:
             raise ConfigError("sgsd.bank_path is empty: give a skill bank JSON path or a shipped name (qwen3_1.7b)")
+
+    def _check_sibling(self) -> None:
+        m = f"sgsd.method={self.method}"
+        if self.teacher_context != "skills":
+            raise ConfigError(f"sgsd.teacher_context={self.teacher_context} is an SGSD setting; {m} conditions its "
+                              f"one teacher on its own context ({_METHOD_SKILLS[self.method][2]}): leave it at skills")
+        if self.reference_answer_in_teacher:
+            raise ConfigError(f"sgsd.reference_answer_in_teacher=true is an SGSD ablation (Fig. 3d); {m} does not read it")
+        if self.ablation.loss_type != "gated":
+            raise ConfigError(f"sgsd.ablation.loss_type={self.ablation.loss_type} is an SGSD setting; {m} has its own "
+                              "loss (sgsd.sdar.divergence for SDAR's forward_kl / jsd)")
+        with _out_of_range("sgsd.skill_sd"):
+            self.skill_sd_config()
+        with _out_of_range("sgsd.sdar"):
+            self.sdar_config()
+        with _out_of_range("sgsd.rlsd"):
+            self.rlsd_config()
+        if self.uses_distribution and self.teacher_topk == 0:
+            raise ConfigError(f"sgsd.sdar.divergence={self.sdar.divergence} reads the teacher's top-k distribution: "
+                              "set sgsd.teacher_topk >= 1 (100, as for SGSD's Fig. 3c)")
+        if not self.uses_distribution and self.teacher_topk:
+            why = (f"sgsd.sdar.divergence={self.sdar.divergence}" if self.method == "sdar" else m)
+            raise ConfigError(f"sgsd.teacher_topk={self.teacher_topk} is not read: {why} uses the sampled token alone; "
+                              "set sgsd.teacher_topk=0")
+        if self.skill_source == "summaries" and self.skill_strategy in ("keyword",):
+            raise ConfigError("sgsd.skills.strategy=keyword reads the keywords of skill files; trajectory summaries "
+                              "(sgsd.skills.source=summaries) have none: use ucb, embedding, random or full")
+
+    # ------------------------------------------------------------ the method's pieces
+    @property
+    def sibling(self) -> bool:
+        """Skill-SD, SDAR or RLSD: one teacher on the method's own skills (not SGSD's bank pairs)."""
+        return self.method != "sgsd"
+
+    @property
+    def skill_source(self) -> str:
+        """``bank`` (SGSD), ``summaries`` or ``files``."""
+        if not self.sibling:
+            return "bank"
+        return self.skills.source or _METHOD_SKILLS[self.method][0]
+
+    @property
+    def skill_strategy(self) -> str | None:
+        return None if not self.sibling else self.skills.strategy or _METHOD_SKILLS[self.method][1]
+
+    @property
+    def context(self) -> str:
+        """The teacher context (:mod:`sgsd.teacher_contexts`): ``teacher_context`` for SGSD, the method's else."""
+        return _METHOD_SKILLS[self.method][2] if self.sibling else self.teacher_context
+
+    @property
+    def teacher_slots(self) -> int:
+        """K of the ``[B, K]`` teacher record: SGSD's top_k, 1 for one-teacher contexts."""
+        return self.top_k if self.context == "skills" else 1
+
+    @property
+    def loss_aggregation(self) -> str:
+        return self.aggregation or ("problem_mean" if not self.sibling else "token_mean")
+
+    @property
+    def uses_distribution(self) -> bool:
+        """The loss reads the teacher's top-k distribution (the logits hook in the update)."""
+        if self.sibling:
+            return self.method == "sdar" and self.sdar.divergence != "reverse_kl"
+        return self.ablation.loss_type in DISTRIBUTION_LOSSES
+
+    @property
+    def distills(self) -> bool:
+        """The actor loss has a distillation term (RLSD reweights advantages instead)."""
+        return self.distill_coef > 0 and self.method != "rlsd"
+
+    def skill_sd_config(self) -> SkillSDConfig:
+        s = self.skill_sd
+        return SkillSDConfig(k3_clip=s.k3_clip, log_ratio_clip=s.log_ratio_clip,
+                             aggregation=self.loss_aggregation)  # type: ignore[arg-type]
+
+    def sdar_config(self) -> SDARConfig:
+        s = self.sdar
+        return SDARConfig(beta=s.beta, gate=s.gate, entropy_beta=s.entropy_beta,  # type: ignore[arg-type]
+                          entropy_center=s.entropy_center, divergence=s.divergence,  # type: ignore[arg-type]
+                          jsd_beta=self.jsd_beta, divergence_clip=self.divergence_clip,
+                          aggregation=self.loss_aggregation)  # type: ignore[arg-type]
+
+    def rlsd_config(self) -> RLSDConfig:
+        r = self.rlsd
+        return RLSDConfig(lam=r.lam, decay_steps=r.decay_steps, clip_eps=r.clip_eps)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> SGSDConfig:

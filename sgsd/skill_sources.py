@@ -350,6 +350,14 @@ class SummaryStore:
                 self.evicted += 1
             return True
 
+    def replace_with(self, other: SummaryStore) -> None:
+        """Hold exactly ``other``'s summaries (a checkpoint's), cut to this store's bound, and save."""
+        with self._lock, other._lock:
+            self._tasks = {t: deque(list(q)[-self.max_per_task:]) for t, q in other._tasks.items()}
+            self._problems = dict(other._problems)
+            self._names = {s.name for q in self._tasks.values() for s in q}
+        self.save()
+
     def to_dict(self) -> dict[str, Any]:
         with self._lock:
             return {"format": _FORMAT, "version": 1, "max_per_task": self.max_per_task,

@@ -1,6 +1,7 @@
 """A well-behaved skill writer for tests: valid JSON, fresh items every request.
 
-``writer_reply(prompt, n)`` answers an extraction prompt (Tab. 7/8) with three new items
+``writer_reply(prompt, n)`` answers a trajectory-summary request (Skill-SD) with a summary
+that carries ``n``, an extraction prompt (Tab. 7/8) with three new items
 whose texts carry the request number ``n`` (so no two requests repeat each other and the
 bank can grow), and a merge prompt (Tab. 9/10) with the group it was given. It wraps
 the JSON the way real models do (a thinking block with ``\\boxed{}`` first).
@@ -24,6 +25,11 @@ def _is_merge(prompt: str) -> bool:
 
 
 def writer_reply(prompt: str, n: int) -> str:
+    if '"golden_workflow"' in prompt:  # Skill-SD's trajectory summary (sgsd.skill_sources.summary_prompt)
+        return "<think>one attempt</think>\n" + json.dumps({
+            "success_analysis": f"set up the equation in \\frac{{a}}{{b}} form ({n})",
+            "mistake_analysis": f"dropped a sign at step {n}",
+            "golden_workflow": f"1. restate the problem 2. isolate the unknown 3. check ({n})"})
     if _is_merge(prompt):
         start = prompt.index("[")
         items, _ = json.JSONDecoder().raw_decode(prompt[start:])

@@ -107,9 +107,11 @@ def actor_micro_batch(prompts: Sequence[torch.Tensor], rollouts, record, global_
         "prompts": jagged(prompts), "responses": jagged(rollouts.responses),
         "input_ids": jagged(torch.cat([p, r]) for p, r in zip(prompts, rollouts.responses)),
         "response_mask": jagged(m.float() for m in rollouts.response_masks),
+        "old_log_probs": jagged(lp.float() for lp in rollouts.log_probs),
     }, batch_size=[len(prompts)])
     data.update(record.to_tensordict())
-    assign_non_tensor(data, global_batch_size=global_batch_size or len(prompts), dp_size=1)
+    assign_non_tensor(data, global_batch_size=global_batch_size or len(prompts), dp_size=1,
+                      batch_num_tokens=float(sum(m.sum().item() for m in rollouts.response_masks)))
     return data
 
 
@@ -121,14 +123,25 @@ def actor_loss(model, loss_fn, prompts: Sequence[torch.Tensor], rollouts, record
     from recipe.sgsd.teacher_pass import jagged
 
     model_output = {"log_probs": jagged(log_probs), **logits_hook(model, loss_fn, data, temperature)}
+    if loss_fn.sdar is not None and loss_fn.sdar.uses_entropy:  # verl's calculate_entropy
+        model_output["entropy"] = jagged(sequence_entropy(model, torch.cat([p, r]), temperature)
+                                         for p, r in zip(prompts, rollouts.responses))
     return loss_fn(model_output, data)
+
+
+def sequence_entropy(model, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-position entropy of the next-token distribution, aligned as :func:`sequence_log_probs`."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids[None]).logits[0].float() / temperature, -1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return torch.cat([entropy[:-1], entropy[-1:]])
 
 
 def logits_hook(model, loss_fn, data, temperature: float = 1.0) -> dict:
     """What verl's FSDP engine adds to ``model_output`` when a distribution loss asks for its
     logits hook: the packed logits of the micro-batch go to ``loss_fn(student_logits=...)``,
     each per-token output comes back as a nested tensor over the packed sequences."""
-    if not loss_fn.objective.uses_distribution:
+    if not loss_fn.uses_distribution:
         return {}
     logits = torch.cat([model(ids[None]).logits[0].float() / temperature for ids in data["input_ids"].unbind()])
     offsets = data["input_ids"].offsets()

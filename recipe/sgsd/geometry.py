@@ -148,13 +148,13 @@ def run_geometry(config, sgsd_config=None, *, use_reference_policy: bool = False
             sp=sp, longest=student_tokens, longest_what="data.max_prompt_length + data.max_response_length"))
 
     # the SGSD teacher pass: <= K teachers per rollout, padded to whole micro-batches per rank
-    if sgsd_config is not None and sgsd_config.distill_coef > 0:
+    if sgsd_config is not None and (sgsd_config.distills or sgsd_config.method == "rlsd"):
         from recipe.sgsd.teacher_pass import per_rank_multiple
 
         from recipe.sgsd.teacher_weights import teacher_on_reference
 
         frozen_reference = teacher_on_reference(sgsd_config.teacher, uses_lora(config))  # frozen / ema / periodic
-        teachers = 1 if sgsd_config.teacher_context != "skills" else int(sgsd_config.top_k)
+        teachers = int(sgsd_config.teacher_slots)
         chunk = dp * per_rank_multiple(config, frozen_reference)
         sequences = -(-padded * teachers // chunk) * chunk
         geometry.passes.append(_log_prob_pass(

@@ -22,7 +22,7 @@ verl's loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from recipe.sgsd.distribution import (DIVERGENCE, DNORM, LOCAL_GAP, SAMPLED_LOGI
                                       student_divergence_outputs, teacher_topk_outputs, with_normaliser_gradient)
 from recipe.sgsd.teacher_pass import TeacherFields, fit_width, read_loss_inputs
 from sgsd.objective import ObjectiveConfig, sgsd_objective
+from sgsd.sd_objectives import GlobalBatch, SDARConfig, SkillSDConfig, sdar_loss, skill_sd_loss
 
 SGSD_FIELDS = TeacherFields.keys()
 
@@ -44,6 +45,9 @@ class SGSDActorLoss:
         objective: SGSD objective settings and ablation switches.
         distill_coef: weight of the SGSD term.
         hybrid: add verl's ``ppo_loss`` (GRPO policy gradient) to the SGSD term.
+        method: ``sgsd`` (K gated teachers), ``skill_sd`` / ``sdar`` (one teacher, the
+            :mod:`sgsd.sd_objectives` loss with ``skill_sd`` / ``sdar`` settings) or ``rlsd``
+            (no distillation term: verl's loss on reweighted advantages).
     """
 
     actor_config: Any
@@ -51,6 +55,18 @@ class SGSDActorLoss:
     distill_coef: float = 1.0
     hybrid: bool = False
     debug_dump_dir: str | None = None  # tests: save each micro-batch's inputs and loss here
+    method: str = "sgsd"
+    skill_sd: SkillSDConfig | None = None
+    sdar: SDARConfig | None = None
+
+    @classmethod
+    def from_config(cls, config: Any, actor_config: Any = None, *, hybrid: bool = False,
+                    debug_dump_dir: str | None = None) -> SGSDActorLoss:
+        """The loss of a run's validated settings (:class:`sgsd.config.SGSDConfig`)."""
+        return cls(actor_config=actor_config, objective=config.objective_config(), distill_coef=config.distill_coef,
+                   hybrid=hybrid, debug_dump_dir=debug_dump_dir, method=config.method,
+                   skill_sd=config.skill_sd_config() if config.method == "skill_sd" else None,
+                   sdar=config.sdar_config() if config.method == "sdar" else None)
 
     def __call__(self, model_output: dict | None = None, data: Any = None, dp_group: Any = None,
                  student_logits: torch.Tensor | None = None):
@@ -65,7 +81,7 @@ class SGSDActorLoss:
         total = None
         if self.hybrid:
             total, metrics = ppo_loss(self.actor_config, model_output, data, dp_group)
-        if self.distill_coef == 0 or not all(k in data.keys() for k in SGSD_FIELDS):
+        if self.distill_coef == 0 or self.method == "rlsd" or not all(k in data.keys() for k in SGSD_FIELDS):
             if total is None:
                 raise RuntimeError(
                     "SGSD loss called without teacher fields in the batch and without the hybrid "
@@ -73,11 +89,17 @@ class SGSDActorLoss:
                 )
             return total, metrics
 
-        loss, sgsd_metrics = self.sgsd_term(model_output, data)
+        if self.method == "sgsd":
+            loss, sgsd_metrics = self.sgsd_term(model_output, data)
+            prefix = "sgsd/"
+        else:
+            loss, sgsd_metrics = self.sibling_term(model_output, data)
+            prefix = f"sgsd/{self.method}/"
+            metrics[f"{prefix}loss"] = Metric(value=loss.detach(), aggregation=AggregationType.SUM)
         total = self.distill_coef * loss if total is None else total + self.distill_coef * loss
         metrics["sgsd/loss"] = Metric(value=loss.detach(), aggregation=AggregationType.SUM)
         for name, value in sgsd_metrics.items():
-            metrics[f"sgsd/{name}"] = Metric(value=value, aggregation=AggregationType.MEAN)
+            metrics[f"{prefix}{name}"] = Metric(value=value, aggregation=AggregationType.MEAN)
         return total, metrics
 
     def logits_outputs(self, logits: torch.Tensor, data: Any) -> dict[str, torch.Tensor]:
@@ -88,10 +110,26 @@ class SGSDActorLoss:
         logits = logits.squeeze(0)
         if k:
             return teacher_topk_outputs(logits, data, int(k))
-        if not self.objective.uses_distribution or TeacherFields.topk_keys()[0] not in data.keys():
+        if not self.uses_distribution or TeacherFields.topk_keys()[0] not in data.keys():
             raise RuntimeError(f"verl handed the SGSD loss the logits (distillation_use_topk) but loss_type="
                                f"{self.objective.loss_type!r} and the batch has no teacher top-k fields")
-        return student_divergence_outputs(logits, data, self.objective)
+        return student_divergence_outputs(logits, data, self.divergence_objective)
+
+    @property
+    def uses_distribution(self) -> bool:
+        if self.method == "sdar":
+            return self.sdar is not None and self.sdar.uses_distribution
+        return self.method == "sgsd" and self.objective.uses_distribution
+
+    @property
+    def divergence_objective(self) -> ObjectiveConfig:
+        """What :func:`~recipe.sgsd.distribution.student_divergence_outputs` computes per teacher:
+        SGSD's loss type, or SDAR's forward KL / JSD as the same top-k divergences."""
+        if self.method != "sdar":
+            return self.objective
+        loss_type = {"forward_kl": "fkl", "jsd": "jsd"}[self.sdar.divergence]
+        return replace(self.objective, loss_type=loss_type, divergence_clip=self.sdar.divergence_clip,
+                       jsd_beta=self.sdar.jsd_beta)
 
     def sgsd_term(self, model_output: dict, data: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """The globally-normalised SGSD loss of this micro-batch and its diagnostics."""
@@ -117,6 +155,45 @@ class SGSDActorLoss:
                        dp_size=torch.tensor(float(_non_tensor(data, "dp_size") or 1)))
         return loss, out.metrics
 
+    def sibling_term(self, model_output: dict, data: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Skill-SD's L_SDL or SDAR's L_SDAR on this micro-batch (:mod:`sgsd.sd_objectives`): one
+        teacher (slot 0), the response mask (no token mask), reduced over the global mini-batch
+        with verl's own counts (``dp_size``, ``global_batch_size``, ``batch_num_tokens``). A rollout
+        without a teacher (alpha 0: no skill for its problem yet) adds nothing and still counts in
+        the token mean's denominator, as if its teacher were the student (Skill-SD's zero gap)."""
+        from verl.workers.utils.padding import no_padding_2_padding
+
+        student = no_padding_2_padding(model_output["log_probs"], data).float()
+        width = student.shape[1]
+        skill_sd = self.method == "skill_sd"
+        inputs = read_loss_inputs(data, width, student_key="old_log_probs" if skill_sd else None)
+        mask = inputs.response_mask * (inputs.alpha[:, :1] > 0).to(inputs.response_mask.dtype)
+        teacher = inputs.teacher[:, 0]
+        batch = global_batch(data)
+        if skill_sd:
+            out = skill_sd_loss(student, teacher, inputs.student, mask, self.skill_sd or SkillSDConfig(), batch)
+        else:
+            config = self.sdar or SDARConfig()
+            entropy = None
+            if config.uses_entropy:
+                if model_output.get("entropy") is None:
+                    raise RuntimeError(f"sgsd.sdar.gate={config.gate} needs the student's entropy, but verl's model "
+                                       "output has none: set actor_rollout_ref.actor.calculate_entropy=true")
+                entropy = fit_width(no_padding_2_padding(model_output["entropy"], data).float(), width)
+            divergence = None
+            if config.uses_distribution:
+                divergence, _ = self.distribution_inputs(model_output, data, inputs.teacher.shape[1], student)
+                divergence = divergence[:, 0]
+            out = sdar_loss(student, teacher, mask, config, batch, entropy=entropy, divergence=divergence)
+        if self.debug_dump_dir:
+            self._dump(student=student, teacher=teacher, mask=mask, response_mask=inputs.response_mask,
+                       loss=out.loss, token_loss=out.token_loss,
+                       **({"old": inputs.student} if skill_sd else {}),
+                       global_batch_size=torch.tensor(float(batch.global_batch_size or 0)),
+                       batch_num_tokens=torch.tensor(float(batch.batch_num_tokens or 0)),
+                       dp_size=torch.tensor(float(batch.dp_size)))
+        return out.loss, out.metrics
+
     def distribution_inputs(self, model_output: dict, data: Any, slots: int,
                             student: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The logits hook's per-teacher ``[B, T]`` outputs as ``divergence`` (and, for
@@ -125,7 +202,7 @@ class SGSDActorLoss:
         log-normaliser gradient flows (:func:`recipe.sgsd.distribution.with_normaliser_gradient`)."""
         from verl.workers.utils.padding import no_padding_2_padding
 
-        if not self.objective.uses_distribution:
+        if not self.uses_distribution:
             return None, None
         width = student.shape[1]
 
@@ -183,6 +260,17 @@ def global_mean(per_problem: torch.Tensor, data: Any) -> torch.Tensor:
             raise ValueError("global_batch_size is required to scale the SGSD loss when dp_size > 1")
         return per_problem.mean()
     return per_problem.sum() / global_batch_size * dp_size
+
+
+def global_batch(data: Any) -> GlobalBatch:
+    """verl's description of the global mini-batch a micro-batch belongs to (its non-tensor keys)."""
+    def number(key):
+        value = _non_tensor(data, key)
+        return None if value is None else float(value.item() if torch.is_tensor(value) else value)
+
+    size, tokens = number("global_batch_size"), number("batch_num_tokens")
+    return GlobalBatch(dp_size=int(_non_tensor(data, "dp_size") or 1),
+                       global_batch_size=None if size is None else int(size), batch_num_tokens=tokens)
 
 
 def _non_tensor(data: Any, key: str):

@@ -66,6 +66,8 @@ def prepare_config(config: DictConfig) -> DictConfig:
         check_inputs(config, sgsd_config)  # the writer's spec first: placement reads it
         _check_writer_placement(config, sgsd_config)
         check_moving_teacher(config, sgsd_config)  # ema / periodic (recipe/sgsd/teacher_weights.py)
+        if sgsd_config.method == "sdar" and sgsd_config.sdar_config().uses_entropy:
+            config.actor_rollout_ref.actor.calculate_entropy = True  # the entropy gate reads verl's entropy
         if teacher_on_reference(sgsd_config.teacher, uses_lora(config)):
             # The frozen base (or an ema / periodic teacher's weights) needs a reference model; verl
             # builds one only when a KL term asks for it. A zero-weight KL loss does, and leaves
@@ -85,12 +87,15 @@ def check_inputs(config: DictConfig, sgsd_config: SGSDConfig) -> None:
     from sgsd.bank import BankError, SkillBank
     from sgsd.datasets import resolve
 
-    try:
-        SkillBank.load(resolve(sgsd_config.bank_path, "bank"), require_nonempty=True)
-    except (BankError, ValueError, OSError) as exc:
-        raise ConfigError(f"sgsd.bank_path={sgsd_config.bank_path!r}: {exc}") from None
+    if sgsd_config.sibling:
+        _check_sibling(config, sgsd_config)
+    else:
+        try:
+            SkillBank.load(resolve(sgsd_config.bank_path, "bank"), require_nonempty=True)
+        except (BankError, ValueError, OSError) as exc:
+            raise ConfigError(f"sgsd.bank_path={sgsd_config.bank_path!r}: {exc}") from None
     update = sgsd_config.update
-    if update.enable and update.writer != "policy":
+    if writes_with_writer(sgsd_config) and update.writer != "policy":
         from sgsd.llm.factory import parse_spec
 
         try:
@@ -108,6 +113,30 @@ def check_inputs(config: DictConfig, sgsd_config: SGSDConfig) -> None:
         _check_student_pairs(config, sgsd_config)
     if sgsd_config.teacher_topk:
         _check_logits_hook(config, sgsd_config)
+
+
+def writes_with_writer(sgsd_config: SGSDConfig) -> bool:
+    """Does the run call ``sgsd.update.writer``: SGSD's bank updates, or Skill-SD's summaries."""
+    if sgsd_config.sibling:
+        return sgsd_config.skill_source == "summaries"
+    return sgsd_config.update.enable
+
+
+def _check_sibling(config: DictConfig, sgsd_config: SGSDConfig) -> None:
+    """Skill-SD / SDAR / RLSD: the skill files load; RLSD has GRPO advantages to reweight."""
+    from sgsd.datasets import resolve
+    from sgsd.skill_sources import SkillFileError, load_skill_files
+
+    method = f"sgsd.method={sgsd_config.method}"
+    if sgsd_config.method == "rlsd" and int(config.actor_rollout_ref.rollout.n) < 2:
+        raise ConfigError(f"{method} reweights GRPO's group advantages, which are 0 with one rollout per problem: "
+                          "set actor_rollout_ref.rollout.n >= 2 (the GRPO scripts use 8)")
+    if sgsd_config.skill_source == "files":
+        files = sgsd_config.skills.files
+        try:
+            load_skill_files(resolve(files, "skills"))
+        except (SkillFileError, ValueError, OSError) as exc:
+            raise ConfigError(f"sgsd.skills.files={files!r}: {exc}") from None
 
 
 def _check_logits_hook(config: DictConfig, sgsd_config: SGSDConfig) -> None:
@@ -207,7 +236,7 @@ def _check_writer_placement(config: DictConfig, sgsd_config: SGSDConfig) -> None
     check (the replicas are awake), a ``transformers:`` model on ``cuda`` would sit on GPU 0
     for the whole run. Refused at start, naming what works."""
     update = sgsd_config.update
-    if not update.enable or update.writer == "policy":
+    if not writes_with_writer(sgsd_config) or update.writer == "policy":
         return
     from sgsd.llm.factory import parse_spec
 

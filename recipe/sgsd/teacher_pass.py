@@ -29,8 +29,10 @@ from tensordict import TensorDict
 from recipe.sgsd.distribution import uniform_topk
 from sgsd.config import SGSDConfig
 from sgsd.objective import sgsd_objective, support_quantiles
+from sgsd.sd_objectives import RLSDConfig, rlsd_advantages, rlsd_lambda
 from sgsd.prompts import ChatFormat, guidance_block, teacher_prompt_ids
 from sgsd.retrieval import ProblemRetrieval, TeacherPair
+from sgsd.teacher_contexts import TeacherContext, TeacherGuidance, teacher_context
 from sgsd.token_mask import TokenMaskBuilder
 
 
@@ -174,6 +176,7 @@ class TeacherPassResult:
     scored: list[torch.Tensor]  # one [T] per planned sequence, in plan order
     support: torch.Tensor  # [B, K] robust support a_k, decided exactly as the loss decides it
     metrics: dict[str, float] = field(default_factory=dict)  # sgsd/* keys
+    skills: list[tuple] | None = None  # skill_sd / sdar: each rollout's teacher skills (sgsd.skill_sources.Skill)
 
 
 class TeacherPass:
@@ -183,10 +186,13 @@ class TeacherPass:
     The token mask's vocabulary table is built once here.
     """
 
-    def __init__(self, config: SGSDConfig, tokenizer: Any, retriever: Any):
+    def __init__(self, config: SGSDConfig, tokenizer: Any, retriever: Any, skills: Any = None):
+        if config.sibling and skills is None:
+            raise ValueError(f"sgsd.method={config.method} needs its skills (sgsd.sibling_skills.SiblingSkills)")
         self.config = config
         self.tokenizer = tokenizer
         self.retriever = retriever
+        self.skills = skills  # skill_sd / sdar: sgsd.sibling_skills.SiblingSkills
         self.token_mask = TokenMaskBuilder(tokenizer, config.mask)
         self.format = ChatFormat(enable_thinking=config.teacher_thinking,
                                  prefill_empty_think=config.prefill_empty_think)
@@ -198,7 +204,11 @@ class TeacherPass:
     def __call__(self, rollouts: Rollouts, scorer: TeacherScorer) -> TeacherPassResult:
         cfg, n = self.config, len(rollouts)
         t0 = time.perf_counter()
-        if cfg.teacher_context == "answer":  # OPSD: the answer alone, nothing to retrieve
+        selections = None
+        if cfg.sibling:  # Skill-SD / SDAR: one teacher on the method's own skills
+            retrievals = [ProblemRetrieval(teachers=())] * n
+            selections = self.skills.select(rollouts.problems)
+        elif cfg.teacher_context == "answer":  # OPSD: the answer alone, nothing to retrieve
             retrievals = [ProblemRetrieval(teachers=())] * n
         elif cfg.teacher_context == "answer_skills" and rollouts.student_pairs and all(rollouts.student_pairs):
             # OPSD+Skill: exactly the pairs the student was shown, not a re-retrieval
@@ -206,9 +216,14 @@ class TeacherPass:
         else:
             retrievals = list(self.retriever.retrieve(rollouts.problems))
         retrieval_time = time.perf_counter() - t0
-        plan = plan_teachers(rollouts.problems, retrievals, self.tokenizer, self.format, cfg.top_k,
-                             cfg.max_teacher_prompt_length, rollouts.answers if self.needs_answers else None,
-                             context=cfg.teacher_context)
+        if selections is not None:
+            plan = plan_context_teachers(rollouts.problems, [TeacherGuidance(skills=tuple(s)) for s in selections],
+                                         self.tokenizer, self.format, teacher_context(cfg.context),
+                                         cfg.max_teacher_prompt_length)
+        else:
+            plan = plan_teachers(rollouts.problems, retrievals, self.tokenizer, self.format, cfg.top_k,
+                                 cfg.max_teacher_prompt_length, rollouts.answers if self.needs_answers else None,
+                                 context=cfg.teacher_context)
 
         t0 = time.perf_counter()
         k = cfg.teacher_topk
@@ -228,7 +243,7 @@ class TeacherPass:
             topk_ids=distributions[0] if k else None,
             topk_log_probs=distributions[1] if k else None,
         )
-        support = self.support(record, rollouts)
+        support = self.support(record, rollouts) if not cfg.sibling else torch.zeros(n, 1)
         n_teachers = (plan.alpha > 0).sum(-1).float()
         metrics = {
             "sgsd/retrieval_time": retrieval_time,
@@ -239,12 +254,18 @@ class TeacherPass:
             "sgsd/short_pool_problems": (n_teachers < plan.alpha.shape[1]).float().mean().item() if n else 0.0,
             "sgsd/truncated_teacher_prompts": float(plan.truncated),
             "sgsd/success_rate": (rollouts.rewards.float() > cfg.outcome_threshold).float().mean().item() if n else 0.0,
-            **{f"sgsd/{k}": v for k, v in support_quantiles(support, plan.alpha > 0).items()},
         }
+        if selections is None:
+            metrics.update({f"sgsd/{k}": v for k, v in support_quantiles(support, plan.alpha > 0).items()})
+        else:
+            counts = torch.tensor([float(len(s)) for s in selections])
+            metrics["sgsd/skills/selected_per_rollout"] = counts.mean().item() if n else 0.0
+            metrics["sgsd/skills/no_skill_frac"] = (counts == 0).float().mean().item() if n else 0.0
         if k and len(plan):  # how much of the teachers' mass their top-k holds (1: the truncation is exact)
             metrics["sgsd/teacher_topk_mass"] = torch.cat([
                 record.topk_log_probs[o][:, slot].exp().sum(-1) for o, slot in zip(plan.owner, plan.slot)]).mean().item()
-        return TeacherPassResult(record, plan, retrievals, list(scored), support, metrics)
+        return TeacherPassResult(record, plan, retrievals, list(scored), support, metrics,
+                                 skills=[tuple(x) for x in selections] if selections is not None else None)
 
     def support(self, record: TeacherFields, rollouts: Rollouts) -> torch.Tensor:
         """Robust support ``a_k`` ``[B, K]`` of the batch on the rollout-time log-probs, read
@@ -288,6 +309,32 @@ def rollout_loss_inputs(record: TeacherFields, rollouts: Rollouts) -> LossInputs
     data["response_mask"] = jagged(r.float() for r in rollouts.response_masks)
     data["old_log_probs"] = jagged(r.float() for r in rollouts.log_probs)
     return read_loss_inputs(data, max(len(t) for t in rollouts.log_probs), student_key="old_log_probs")
+
+
+def rlsd_token_advantages(record: TeacherFields, rollouts: Rollouts, advantages: Sequence[torch.Tensor], step: int,
+                          config: RLSDConfig) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """RLSD: each rollout's GRPO advantages ``[T_i]`` reweighted per token by its teacher's gap
+    ``log pi_T - log pi_old`` (:func:`sgsd.sd_objectives.rlsd_advantages`); a rollout without a
+    teacher keeps its advantages. Metrics ``sgsd/rlsd/*``: ``lambda``, ``weight_mean`` (the
+    mean of ``A_t / A`` over response tokens with ``A != 0``) and ``weight_clipped_frac`` (the
+    share of those whose ``exp(sign(A) Delta)`` fell outside ``[1 - eps, 1 + eps]``)."""
+    if not len(rollouts):
+        return [], {"sgsd/rlsd/lambda": rlsd_lambda(step, config)}
+    inputs = rollout_loss_inputs(record, rollouts)
+    width = inputs.response_mask.shape[1]
+    adv = fit_width(torch.nn.utils.rnn.pad_sequence([a.float() for a in advantages], batch_first=True), width)
+    present = (inputs.alpha[:, :1] > 0).float()
+    delta = (inputs.teacher[:, 0] - inputs.student) * present
+    new = rlsd_advantages(adv, delta, inputs.response_mask, step, config)
+    lam = rlsd_lambda(step, config)
+    live = (inputs.response_mask > 0) & (adv != 0)
+    ratio = torch.where(live, new / torch.where(live, adv, 1.0), 0.0)
+    weight = torch.exp(torch.sign(adv) * delta)
+    clipped = live & ((weight < 1 - config.clip_eps) | (weight > 1 + config.clip_eps))
+    count = max(live.sum().item(), 1)
+    metrics = {"sgsd/rlsd/lambda": lam, "sgsd/rlsd/weight_mean": ratio.sum().item() / count if live.any() else 1.0,
+               "sgsd/rlsd/weight_clipped_frac": clipped.sum().item() / count}
+    return [new[i, : len(a)].to(a.dtype) for i, a in enumerate(advantages)], metrics
 
 
 def teacher_item_ids(retrievals: Sequence[ProblemRetrieval], top_k: int) -> tuple[list[list], list[list]]:
@@ -359,6 +406,31 @@ def plan_teachers(
             plan.prompt_ids.append(ids)
             plan.truncated += int(truncated)
             plan.alpha[row, pair.rank] = pair.alpha
+    return plan
+
+
+def plan_context_teachers(problems: Sequence[str], guidances: Sequence[TeacherGuidance], tokenizer,
+                          fmt: ChatFormat, context: TeacherContext, max_prompt_tokens: int | None) -> TeacherPlan:
+    """ONE teacher per rollout whose guidance gives ``context`` a teacher (``context.present``),
+    ``[B, 1]`` wide, alpha 1 (0: no teacher, no loss); prompts rendered once per distinct
+    (problem, guidance) with the context's truncation contract (:mod:`sgsd.teacher_contexts`)."""
+    if len(problems) != len(guidances):
+        raise ValueError(f"{len(problems)} problems but {len(guidances)} teacher guidances")
+    plan = TeacherPlan(alpha=torch.zeros(len(problems), 1))
+    cache: dict[tuple, tuple[list[int], bool]] = {}
+    for row, (problem, guidance) in enumerate(zip(problems, guidances)):
+        if not context.present(guidance):
+            continue
+        key = (problem, tuple((s.name, s.text) for s in guidance.skills), guidance.reference_answer,
+               None if guidance.pair is None else (guidance.pair.skill.skill_id, guidance.pair.mistake.mistake_id))
+        if key not in cache:
+            cache[key] = context.prompt_ids(tokenizer, problem, guidance, fmt, max_prompt_tokens)
+        ids, truncated = cache[key]
+        plan.owner.append(row)
+        plan.slot.append(0)
+        plan.prompt_ids.append(list(ids))
+        plan.truncated += int(truncated)
+        plan.alpha[row, 0] = 1.0
     return plan
 
 

@@ -35,8 +35,8 @@ from recipe.sgsd.reward_hook import record_buffer
 from recipe.sgsd.sync_trainer import RecipeSyncTrainer
 from recipe.sgsd.teacher_weights import TeacherWeightsMixin, teacher_on_reference  # sgsd.teacher=ema|periodic
 from recipe.sgsd.distribution import TOPK_FLAG, TOPK_ID, TOPK_LP
-from recipe.sgsd.teacher_pass import (Rollouts, TeacherPass, TeacherScores, per_rank_multiple, scoring_order,
-                                      teacher_item_ids)
+from recipe.sgsd.teacher_pass import (Rollouts, TeacherPass, TeacherScores, jagged, per_rank_multiple,
+                                      rlsd_token_advantages, scoring_order, teacher_item_ids)
 from sgsd.bank import SkillBank
 from sgsd.config import SGSDConfig
 from sgsd.datasets import resolve
@@ -47,6 +47,7 @@ from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
 from sgsd.updater import SkillUpdater, UpdateConfig
 from sgsd.verl_data import problem_text
 from sgsd.item_utility import UtilityTracker
+from sgsd.sibling_skills import SiblingSkills, make_sibling_skills
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.utils.debug import marked_timer
 from verl.utils.config import omega_conf_to_dataclass
@@ -75,26 +76,48 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
     def on_init_end(self):
         super().on_init_end()
         cfg = self.sgsd_config
-        self.evolution = self._make_evolution()
-        try:
-            encoder = SentenceTransformerEncoder(cfg.encoder, device=cfg.encoder_device)
-        except ValueError as exc:
-            raise ValueError(f"sgsd.encoder_device={cfg.encoder_device}: {exc}") from None
-        self.retriever = SkillRetriever(
-            encoder, self.skill_bank,
-            top_k=cfg.top_k, temperature=cfg.alpha_temperature,
-        )
-        self.teacher_pass = TeacherPass(cfg, self.tokenizer, self.retriever)
+        encoder = None
+        if not cfg.sibling or cfg.skill_strategy == "embedding":
+            try:
+                encoder = SentenceTransformerEncoder(cfg.encoder, device=cfg.encoder_device)
+            except ValueError as exc:
+                raise ValueError(f"sgsd.encoder_device={cfg.encoder_device}: {exc}") from None
+        self.evolution, self.retriever, self.sibling_skills = None, None, None
+        if cfg.sibling:  # Skill-SD / SDAR / RLSD: the method's own skills, no bank
+            self.sibling_skills = self._make_sibling_skills(encoder)
+        else:
+            self.evolution = self._make_evolution()
+            self.retriever = SkillRetriever(encoder, self.skill_bank, top_k=cfg.top_k,
+                                            temperature=cfg.alpha_temperature)
+        self.teacher_pass = TeacherPass(cfg, self.tokenizer, self.retriever, self.sibling_skills)
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
-        loss = SGSDActorLoss(actor_config=actor_config, objective=cfg.objective_config(),
-                             distill_coef=cfg.distill_coef, hybrid=self.config.actor_rollout_ref.rollout.n > 1,
-                             debug_dump_dir=os.environ.get("SGSD_DEBUG_DUMP_DIR"))
+        loss = SGSDActorLoss.from_config(cfg, actor_config, hybrid=self.config.actor_rollout_ref.rollout.n > 1,
+                                         debug_dump_dir=os.environ.get("SGSD_DEBUG_DUMP_DIR"))
         self.actor_rollout_wg.set_loss_fn(loss)
         reference = getattr(self, "ref_policy_wg", None)
         if reference is not None and reference is not self.actor_rollout_wg:  # a standalone reference worker
             reference.set_loss_fn(loss)  # its logits hook serves the teacher's top-k (recipe.sgsd.loss)
-        logger.info("SGSD: bank %s (%s), K=%d, teacher=%s", self.skill_bank.source, self.skill_bank.counts(),
-                    cfg.top_k, cfg.teacher)
+        if cfg.sibling:
+            logger.info("SGSD: method=%s, skills from %s (%s), teacher=%s", cfg.method, cfg.skill_source,
+                        cfg.skill_strategy, cfg.teacher)
+        else:
+            logger.info("SGSD: bank %s (%s), K=%d, teacher=%s", self.skill_bank.source, self.skill_bank.counts(),
+                        cfg.top_k, cfg.teacher)
+
+    def _make_sibling_skills(self, encoder) -> SiblingSkills:
+        """Skill-SD's trajectory summaries (written by ``sgsd.update.writer``) or SDAR's skill files,
+        with the run's retrieval strategy; restored from the checkpoint being resumed."""
+        cfg = self.sgsd_config
+        store_path, writer = None, None
+        if cfg.skill_source == "summaries":
+            output_dir = Path(cfg.bank_output_dir or os.path.join(self.config.trainer.default_local_dir, "sgsd_skills"))
+            output_dir.mkdir(parents=True, exist_ok=True)
+            store_path, writer = output_dir / "summaries.json", self._make_writer()
+        skills = make_sibling_skills(cfg, encoder=encoder, writer=writer, store_path=store_path)
+        resumed_from = getattr(self, "_sgsd_resume_folder", None)
+        if resumed_from is not None and not skills.load_checkpoint(Path(resumed_from) / CHECKPOINT_SUBDIR / "skills"):
+            logger.warning("SGSD: checkpoint %s has no skill-retrieval state; starting afresh", resumed_from)
+        return skills
 
     # ----------------------------------------------------------------- the bank's life
     @property
@@ -157,8 +180,11 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
         # The bank first: verl writes its "latest checkpointed iteration" marker last, so a
         # checkpoint that verl would resume from always carries its bank.
         folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
-        self.evolution.flush()
-        self.evolution.save_checkpoint(Path(folder) / CHECKPOINT_SUBDIR)
+        if self.evolution is not None:
+            self.evolution.flush()
+            self.evolution.save_checkpoint(Path(folder) / CHECKPOINT_SUBDIR)
+        if self.sibling_skills is not None:
+            self.sibling_skills.save_checkpoint(Path(folder) / CHECKPOINT_SUBDIR / "skills")
         super()._save_checkpoint()
 
     def step(self, metrics, timing_raw):
@@ -176,10 +202,14 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
         ray.get(self.record_buffer.drain.remote())
 
     def _bank_step_end(self, metrics: dict) -> None:
-        """Window the step's rollouts; every ``sgsd.update.freq`` steps evolve the bank."""
+        """Window the step's rollouts; every ``sgsd.update.freq`` steps evolve the bank (SGSD), or
+        hand them to the trajectory summarizer (Skill-SD)."""
         import ray
 
         records = ray.get(self.record_buffer.drain.remote())
+        if self.sibling_skills is not None:
+            self._skills_step_end(records, metrics)
+            return
         self.evolution.add_records(records)
         step = self.global_steps
         if self.evolution.due(step):
@@ -198,6 +228,28 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
         if step >= self.total_training_steps:
             self.evolution.flush()  # the tracked utility of the last steps reaches bank.json
         metrics.update(self.evolution.metrics())
+        stats = ray.get(self.record_buffer.stats.remote())
+        metrics["sgsd/record_buffer_dropped"] = float(stats["dropped"])
+
+    def _skills_step_end(self, records, metrics: dict) -> None:
+        """Skill-SD: this step's rollouts to the summarizer. An external writer works on its own
+        thread while training goes on (what it finished is used from the next teacher pass on);
+        the policy writer needs the rollout replicas, so the step waits for its summaries."""
+        import ray
+
+        skills, step = self.sibling_skills, self.global_steps
+        if skills.summarizer is not None and records:
+            metrics["sgsd/skills/summaries_submitted"] = float(skills.submit(records, step))
+            if self.sgsd_config.update.writer == "policy":
+                self.checkpoint_manager.update_weights(step)
+                try:
+                    skills.collect(wait=True)
+                finally:
+                    self.checkpoint_manager.sleep_replicas()
+        if step >= self.total_training_steps:  # the last summaries reach the saved store
+            skills.collect(wait=True, timeout=self.sgsd_config.update.timeout_s)
+        skills.collect()
+        metrics.update(skills.metrics())
         stats = ray.get(self.record_buffer.stats.remote())
         metrics["sgsd/record_buffer_dropped"] = float(stats["dropped"])
 
@@ -223,7 +275,7 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
         hook (``distillation_use_topk``), which verl's ``_update_actor`` sets from its own
         distillation config only: the flag is added to the batch as it is handed to the workers."""
         wg = self.actor_rollout_wg
-        if not self.sgsd_config.objective_config().uses_distribution:
+        if not self.sgsd_config.uses_distribution:
             yield
             return
         update_actor = wg.update_actor
@@ -242,9 +294,15 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
         with self._logprob_temperature():
             return super()._compute_old_log_prob(batch, metrics)
 
+    def _compute_ref_log_prob(self, batch, metrics):
+        # the KL-to-reference term (Skill-SD, SDAR) compares the student's and the reference's
+        # log-probs at the same temperature
+        with self._logprob_temperature():
+            return super()._compute_ref_log_prob(batch, metrics)
+
     def _compute_advantage(self, batch, metrics):
         batch = super()._compute_advantage(batch, metrics)
-        if self.sgsd_config.distill_coef > 0:
+        if self.sgsd_config.distills or self.sgsd_config.method == "rlsd":
             batch = self._teacher_pass(batch, metrics)
         return batch
 
@@ -261,8 +319,9 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
         """Read the rollouts from TransferQueue, run :class:`TeacherPass` with verl's worker
         group as the scorer, write the ``sgsd_*`` fields back next to the rollouts."""
         start = time.perf_counter()
+        cfg = self.sgsd_config
         wanted = ["prompts", "responses", "response_mask", "rm_scores", "old_log_probs", "extra_info",
-                  "raw_prompt", "reward_model"]
+                  "raw_prompt", "reward_model"] + (["advantages"] if cfg.method == "rlsd" else [])
         available = set(batch.fields) if batch.fields else set(wanted)
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
                                select_fields=[f for f in wanted if f in available])
@@ -279,10 +338,17 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
         result = self.teacher_pass(rollouts, self._score_teachers)
         if os.environ.get("SGSD_DEBUG_DUMP_DIR"):
             self._dump_teacher_pass(result, rollouts, list(data["prompts"].unbind()))
-        batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
-                                fields=result.fields.to_tensordict(), tags=batch.tags)
-        cfg = self.sgsd_config
-        if n and self.evolution.tracker is not None and cfg.teacher_context == "skills":  # per-item utility
+        fields = result.fields.to_tensordict()
+        if cfg.method == "rlsd":  # GRPO's advantages reweighted per token by the teacher's gap
+            advantages, rlsd_metrics = rlsd_token_advantages(
+                result.fields, rollouts, list(data["advantages"].unbind()), self.global_steps, cfg.rlsd_config())
+            fields["advantages"] = jagged(advantages)
+            metrics.update(rlsd_metrics)
+        batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields, tags=batch.tags)
+        if self.sibling_skills is not None and n:  # UCB learns from each rollout's outcome
+            self.sibling_skills.observe(rollouts.problems, result.skills, rollouts.rewards.tolist())
+        if n and self.evolution is not None and self.evolution.tracker is not None \
+                and cfg.teacher_context == "skills":  # per-item utility
             skill_ids, mistake_ids = teacher_item_ids(result.retrievals, cfg.top_k)
             threshold = cfg.threshold if cfg.ablation.use_threshold else 0.0
             self.evolution.tracker.observe(skill_ids, mistake_ids, result.support, result.fields.alpha,

@@ -77,3 +77,58 @@ def test_errors_name_the_key(data, message):
 
 def test_nullable_keys_accept_null():
     assert SGSDConfig.from_mapping({"bank_output_dir": None}).bank_output_dir is None
+
+
+# ------------------------------------------------------------------ the sibling methods
+@pytest.mark.parametrize("method, source, strategy, context, aggregation", [
+    ("sgsd", "bank", None, "skills", "problem_mean"),
+    ("skill_sd", "summaries", "ucb", "skill_sd", "token_mean"),
+    ("sdar", "files", "keyword", "sdar", "token_mean"),
+    ("rlsd", "files", "keyword", "sdar", "token_mean"),
+])
+def test_each_method_brings_its_own_skills_context_and_reduction(method, source, strategy, context, aggregation):
+    cfg = SGSDConfig.from_mapping({"method": method})
+    assert (cfg.skill_source, cfg.skill_strategy, cfg.context, cfg.loss_aggregation) == (source, strategy, context,
+                                                                                           aggregation)
+    assert cfg.teacher_slots == (8 if method == "sgsd" else 1)
+    assert cfg.distills == (method != "rlsd")
+
+
+def test_sibling_settings_reach_the_library_configs():
+    cfg = SGSDConfig.from_mapping({"method": "sdar", "aggregation": "problem_mean", "teacher_topk": 5,
+                                   "divergence_clip": 0.1, "sdar": {"beta": 2, "gate": "soft_or",
+                                                                    "divergence": "jsd"}})
+    sdar = cfg.sdar_config()
+    assert (sdar.beta, sdar.gate, sdar.divergence, sdar.divergence_clip, sdar.aggregation) == (
+        2.0, "soft_or", "jsd", 0.1, "problem_mean")
+    assert cfg.uses_distribution
+    skill_sd = SGSDConfig.from_mapping({"method": "skill_sd", "skill_sd": {"k3_clip": 5}}).skill_sd_config()
+    assert (skill_sd.k3_clip, skill_sd.log_ratio_clip, skill_sd.aggregation) == (5.0, 10.0, "token_mean")
+    assert SGSDConfig.from_mapping({"method": "rlsd", "rlsd": {"decay_steps": 7}}).rlsd_config().decay_steps == 7
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"method": "dpo"}, r"sgsd.method='dpo' is not one of sgsd, skill_sd, sdar, rlsd"),
+    ({"aggregation": "token_mean"}, r"sgsd.aggregation=token_mean applies to sgsd.method=skill_sd \| sdar"),
+    ({"method": "sdar", "aggregation": "sum"}, r"sgsd.aggregation='sum' is not one of"),
+    ({"method": "sdar", "teacher_context": "answer"}, r"sgsd.teacher_context=answer is an SGSD setting"),
+    ({"method": "skill_sd", "ablation": {"loss_type": "fkl"}}, r"sgsd.ablation.loss_type=fkl is an SGSD setting"),
+    ({"method": "sdar", "reference_answer_in_teacher": True}, r"reference_answer_in_teacher=true is an SGSD"),
+    ({"method": "sdar", "sdar": {"divergence": "jsd"}}, r"sgsd.sdar.divergence=jsd reads the teacher's top-k"),
+    ({"method": "sdar", "teacher_topk": 10}, r"sgsd.teacher_topk=10 is not read: sgsd.sdar.divergence=reverse_kl"),
+    ({"method": "skill_sd", "teacher_topk": 10}, r"sgsd.teacher_topk=10 is not read: sgsd.method=skill_sd"),
+    ({"method": "sdar", "sdar": {"beta": -1}}, r"sgsd.sdar.beta=-1.0 is out of range: must be >= 0"),
+    ({"method": "sdar", "sdar": {"gate": "max"}}, r"sgsd.sdar.gate='max' is not one of gap, entropy, soft_or"),
+    ({"method": "skill_sd", "skill_sd": {"k3_clip": 0}}, r"sgsd.skill_sd.k3_clip=0.0 is out of range"),
+    ({"method": "rlsd", "rlsd": {"lam": 2}}, r"sgsd.rlsd.lam=2.0 is out of range: must be in \[0, 1\]"),
+    ({"method": "rlsd", "rlsd": {"decay_steps": 0}}, r"sgsd.rlsd.decay_steps=0 is out of range"),
+    ({"method": "skill_sd", "skills": {"strategy": "keyword"}}, r"trajectory summaries .* have none"),
+    ({"method": "sdar", "skills": {"strategy": "bm25"}}, r"sgsd.skills.strategy='bm25' is not one of"),
+    ({"method": "sdar", "skills": {"top_k": 0}}, r"sgsd.skills.top_k=0 is out of range"),
+    ({"method": "sdar", "skills": {"files": ""}}, r"sgsd.skills.files is empty"),
+    ({"method": "sdar", "skills": {"source": "bank"}}, r"sgsd.skills.source='bank' is not one of summaries, files"),
+    ({"method": "sdar", "skills": {"typo": 1}}, r"unknown key sgsd.skills.typo"),
+])
+def test_sibling_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        SGSDConfig.from_mapping(data)
