@@ -6,6 +6,7 @@
 #   python3 scripts/prepare_data.py --dataset aime24       # -> $HOME/data/sgsd/aime24.parquet
 #   bash scripts/run_grpo_qwen3_8b.sh [hydra overrides: they win]
 #   SGSD_DRY_RUN=1 bash scripts/run_grpo_qwen3_8b.sh   # validate the config, launch nothing
+#   VARIANT=sdar bash scripts/run_grpo_qwen3_8b.sh       # Skill-SD, SDAR, RLSD on this backbone (docs/methods.md)
 #
 # The paper trains on DAPO-Math-17k's English subset: `python3 scripts/prepare_data.py --dataset
 # dapo-math-17k`, then TRAIN_FILE=$HOME/data/sgsd/dapo-math-17k.parquet.
@@ -49,11 +50,26 @@ LOGPROB_TOKENS_PER_GPU=18432
 ROLLOUT_TP=1
 ROLLOUT_GPU_MEMORY=0.5
 
+# The sibling methods on this backbone (VARIANT=skill_sd | sdar | rlsd | grpo_opsd ...: docs/methods.md)
+# run in the SGSD trainer (estimator sgsd: GRPO's advantages with n > 1) and read these `sgsd:` keys;
+# a plain GRPO run validates and ignores them.
+# The teacher's prompt: the student prompt (<= 2048; math problems ~100-300) + the skill text, which
+# alone is cut to fit; 2432 + 16000 completion tokens = one teacher sequence per 18432-token log-prob micro-batch.
+TEACHER_PROMPT_LENGTH=2432
+SIBLING_OVERRIDES=(
+    sgsd.student_thinking="$STUDENT_THINKING"   # the teacher's chat template is the student's
+    sgsd.teacher_thinking="$STUDENT_THINKING"
+    sgsd.logprob_temperature="$TEMPERATURE"     # as GRPO: every log-prob at the sampling temperature
+    sgsd.max_teacher_prompt_length="$TEACHER_PROMPT_LENGTH"
+    sgsd.encoder="$SKILL_ENCODER"               # sgsd.skills.strategy=embedding
+)
+
 verl_overrides
 variant_overrides grpo
 python3 -m recipe.sgsd.main_sgsd \
-    algorithm.adv_estimator=grpo \
+    algorithm.adv_estimator="$VARIANT_ESTIMATOR" \
     "${VERL_OVERRIDES[@]}" \
+    "${SIBLING_OVERRIDES[@]}" \
     reward.custom_reward_function.path=pkg://sgsd.verifier \
     reward.custom_reward_function.name=compute_score \
     ++data.apply_chat_template_kwargs.enable_thinking=$STUDENT_THINKING \

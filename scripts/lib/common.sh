@@ -123,13 +123,14 @@ sgsd_overrides() {
     )
 }
 
-# VARIANT_INFO: `python3 -m recipe.sgsd.variants show $VARIANT` (name=, estimator=, student_skills=,
+# VARIANT_INFO: `python3 -m recipe.sgsd.variants show $VARIANT` (name=, estimator=, script=, student_skills=,
 # then one Hydra override a line), asked once per script. An unknown name fails here, listing the
 # known ones. VARIANT_STUDENT_SKILLS=1 when the variant trains with skills in the student prompt.
 variant_info() {
     if [[ "${_VARIANT_INFO_OF:-}" != "$VARIANT" ]]; then
         VARIANT_INFO="$(python3 -m recipe.sgsd.variants show "$VARIANT")"
         VARIANT_STUDENT_SKILLS="$(sed -n 's/^student_skills=//p' <<<"$VARIANT_INFO")"
+        VARIANT_ESTIMATOR="$(sed -n 's/^estimator=//p' <<<"$VARIANT_INFO")"
         _VARIANT_INFO_OF=$VARIANT
     fi
 }
@@ -145,21 +146,21 @@ choose_train_file() {
 }
 
 # VARIANT_OVERRIDES: a named baseline or ablation (recipe/sgsd/variants.py is the list:
-# `python3 -m recipe.sgsd.variants list`). $1 is the estimator this script runs; a variant of
-# the other estimator is refused, naming the script to use.
+# `python3 -m recipe.sgsd.variants list`). $1 is the script family (sgsd | grpo) of the calling
+# script; a variant of the other one is refused, naming the script to use.
 variant_overrides() {
-    local estimator
+    local script
     variant_info
-    estimator="$(sed -n 's/^estimator=//p' <<<"$VARIANT_INFO")"
-    if [[ "$estimator" != "$1" ]]; then
-        echo "VARIANT=$VARIANT is a $estimator run: launch it with scripts/run_${estimator}_qwen3_8b.sh" >&2
+    script="$(sed -n 's/^script=//p' <<<"$VARIANT_INFO")"
+    if [[ "$script" != "$1" ]]; then
+        echo "VARIANT=$VARIANT is a $script run: launch it with scripts/run_${script}_qwen3_8b.sh" >&2
         return 2
     fi
     VARIANT_OVERRIDES=()
     local line
     while IFS= read -r line; do
         [[ -n "$line" ]] && VARIANT_OVERRIDES+=("$line")
-    done < <(tail -n +4 <<<"$VARIANT_INFO")
+    done < <(tail -n +5 <<<"$VARIANT_INFO")
     if [[ "$VARIANT_STUDENT_SKILLS" == 1 && ! -e "$TRAIN_FILE" && "${SGSD_DRY_RUN:-0}" != 1 ]]; then
         echo "VARIANT=$VARIANT trains with skills in the student prompt; write $TRAIN_FILE first:" >&2
         echo "  python3 scripts/prepare_data.py --dataset math_train --student-skills ${BANK_PATH:-BANK} --output $TRAIN_FILE" >&2

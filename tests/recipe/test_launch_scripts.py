@@ -444,7 +444,7 @@ def test_every_variant_launches_from_the_same_scripts_with_its_overrides(tmp_pat
     variant = VARIANTS[name]
     fake = _recording_python(tmp_path)
     argv_out = tmp_path / "argv"
-    script = "run_grpo_qwen3_8b.sh" if variant.estimator == "grpo" else "run_sgsd_qwen3_8b.sh"
+    script = f"run_{variant.launcher}_qwen3_8b.sh"
     done = subprocess.run(["bash", str(SCRIPTS / script)], cwd=tmp_path, text=True, capture_output=True, timeout=60,
                           env=_env(fake.parent, ARGV_OUT=str(argv_out), VARIANT=name, SGSD_DRY_RUN="1"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -467,6 +467,7 @@ def test_a_variant_of_the_other_estimator_or_an_unknown_one_is_refused(tmp_path)
     fake = _recording_python(tmp_path)
     for script, variant, message in (("run_sgsd_qwen3_8b.sh", "grpo_skill", "run_grpo_qwen3_8b.sh"),
                                      ("run_grpo_qwen3_8b.sh", "opsd", "run_sgsd_qwen3_8b.sh"),
+                                     ("run_sgsd_qwen3_8b.sh", "sdar", "run_grpo_qwen3_8b.sh"),
                                      ("run_sgsd_qwen3_8b.sh", "no_such_thing", "unknown variant")):
         done = subprocess.run(["bash", str(SCRIPTS / script)], cwd=tmp_path, text=True, capture_output=True,
                               timeout=60, env=_env(fake.parent, ARGV_OUT=str(tmp_path / "argv"), VARIANT=variant))

@@ -216,19 +216,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--estimator", default="sgsd", help="sgsd (default) or grpo")
     parser.add_argument("--variant", default=None,
                         help="a baseline/ablation by name (python -m recipe.sgsd.variants list); sets the estimator")
-    parser.add_argument("--rollout-n", type=int, default=None, help="rollouts per problem (sgsd 1, grpo 4)")
+    parser.add_argument("--rollout-n", type=int, default=None,
+                        help="rollouts per problem (sgsd 1; grpo and its variants: Skill-SD, SDAR, RLSD 4)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. sgsd.top_k=8")
     args = parser.parse_args(argv)
-    estimator = args.estimator
+    estimator, launcher = args.estimator, args.estimator
     if args.variant is not None:
         from recipe.sgsd.variants import get_variant
 
         try:
-            estimator = get_variant(args.variant).estimator
+            variant = get_variant(args.variant)
         except ValueError as exc:
             parser.error(str(exc))
-    n = args.rollout_n or (1 if estimator == "sgsd" else 4)
-    extra = [*demo_overrides(args.overrides), *args.overrides] if estimator == "sgsd" else args.overrides
+        estimator, launcher = variant.estimator, variant.launcher
+    n = args.rollout_n or (1 if launcher == "sgsd" else 4)  # the GRPO script's variants keep a group
+    extra = [*demo_overrides(args.overrides), *args.overrides] if launcher == "sgsd" else args.overrides
     run = CPURun(Path(args.workdir).resolve(), steps=args.steps, estimator=estimator, rollout_n=n, extra=extra,
                  variant=args.variant)
     done_steps = run.checkpointed_step()
@@ -254,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[cpu_run] training failed with exit code {returncode}; the whole log: {log_path}", file=sys.stderr)
         return returncode
     steps = by_step(run.metrics())
-    if estimator == "sgsd":
+    if launcher == "sgsd":
         print(f"[cpu_run] skill bank: {run.checkpoint_dir / 'sgsd_bank' / 'bank.json'}")
+    elif (run.checkpoint_dir / "sgsd_skills" / "summaries.json").exists():
+        print(f"[cpu_run] trajectory summaries: {run.checkpoint_dir / 'sgsd_skills' / 'summaries.json'}")
     print(f"[cpu_run] {len(steps)} steps in the metrics file: {run.metrics_file}")
     return 0
 
