@@ -60,7 +60,8 @@ _FSDP2 = "actor_rollout_ref.actor.strategy=fsdp2"
 # GRPO's advantages with n > 1). Skill-SD's lambda 0.001 (its AppWorld sweep), SDAR's 0.01, beta 5.
 _GRPO_BACKBONE = ("actor_rollout_ref.actor.use_kl_loss=true", "actor_rollout_ref.actor.kl_loss_coef=0.01",
                   "actor_rollout_ref.actor.kl_loss_type=low_var_kl")
-_SKILL_SD = (*_GRPO_BACKBONE, "sgsd.method=skill_sd", "sgsd.distill_coef=0.001")
+_SKILL_SD_TEACHER = (*_GRPO_BACKBONE, "sgsd.method=skill_sd")
+_SKILL_SD = (*_SKILL_SD_TEACHER, "sgsd.distill_coef=0.001")
 _SDAR = (*_GRPO_BACKBONE, "sgsd.method=sdar", "sgsd.distill_coef=0.01")
 _SKILL_SD_PAPER = "Skill-SD"
 _SDAR_PAPER = "SDAR"
@@ -76,7 +77,7 @@ _SIBLINGS = (
     _sibling("skill_sd_frozen", _SKILL_SD_PAPER, "Skill-SD with the initial policy as the teacher",
              (*_SKILL_SD, "sgsd.teacher=frozen")),
     *(_sibling(f"skill_sd_lambda_{tag}", _SKILL_SD_PAPER, f"Skill-SD with lambda = {value} (its sweep)",
-               (*_SKILL_SD, f"sgsd.distill_coef={value}"))
+               (*_SKILL_SD_TEACHER, f"sgsd.distill_coef={value}"))
       for tag, value in (("1e-2", "0.01"), ("5e-3", "0.005"), ("5e-4", "0.0005"))),
     _sibling("sdar", _SDAR_PAPER, "SDAR: GRPO + KL + 0.01 x the gated L_SDAR (gap gate, beta 5, reverse KL) to one "
              "live teacher with the keyword-matched skill files as privileged information", _SDAR),

@@ -193,3 +193,10 @@ def test_grpo_variants_are_verls_own_trainer(name, run_config):
     config = run_config(variant=name)
     assert config.algorithm.adv_estimator == "grpo" and config.trainer.v1.trainer_mode == "sgsd_sync"
     assert config.reward.reward_manager.name == "naive"
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_no_variant_sets_a_key_twice(name):
+    """A key given twice would leave the first value's description untrue (Hydra keeps the last)."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in VARIANTS[name].overrides]
+    assert len(keys) == len(set(keys)), keys
