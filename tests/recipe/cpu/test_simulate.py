@@ -234,3 +234,35 @@ def _select(cfg, key):
     from omegaconf import OmegaConf
 
     return OmegaConf.select(cfg, key)
+
+
+@pytest.mark.slow
+@pytest.mark.sweep
+def test_sdar_on_the_8b_grpo_script_trains_one_step_on_two_cpu_ranks(tmp_path, run_model_dir, run_data_dir):
+    """SDAR as its GPU command composes it (VARIANT=sdar on run_grpo_qwen3_8b.sh: n = 8, KL, the
+    shipped math skill files) on 2 CPU ranks: every micro-batch of both ranks is the library's
+    L_SDAR on what it received, scaled with the global token count both ranks agree on."""
+    from sgsd.sd_objectives import GlobalBatch, SDARConfig, sdar_loss
+    from tests.launches import REWARD
+    from tests.launches import simulate as launch_simulation
+
+    done = launch_simulation("run_grpo_qwen3_8b.sh", tmp_path / "sim", run_model_dir, run_data_dir,
+                             "--max-response-length", "64", REWARD[0],
+                             "reward.custom_reward_function.name=compute_score_by_response",
+                             env={"VARIANT": "sdar", "SGSD_DEBUG_DUMP_DIR": str(tmp_path / "dump")})
+    assert done.returncode == 0, done.stderr[-4000:]
+    step = {r["step"]: r["data"] for r in map(json.loads, (tmp_path / "sim" / "metrics.jsonl").open())}[1]
+    assert step["sgsd/teachers_per_problem_retrieved"] == 1 and 0 < step["sgsd/sdar/gate_mean"] < 1
+    assert step["actor/kl_coef"] == 0.01 and math.isfinite(step["actor/pg_loss"])
+    files = sorted(glob.glob(str(tmp_path / "dump" / "loss_*.pt")))
+    dumps = [torch.load(f) for f in files]
+    assert len({f.split("_")[-2] for f in files}) == 2  # both ranks' worker processes
+    assert len({d["batch_num_tokens"].item() for d in dumps}) == 1  # one global count
+    assert {d["dp_size"].item() for d in dumps} == {2.0}
+    # verl's count is every response token of the mini-batch, each micro-batch of each rank once
+    assert sum(d["response_mask"].sum().item() for d in dumps) == dumps[0]["batch_num_tokens"].item()
+    for d in dumps:
+        batch = GlobalBatch(dp_size=2, global_batch_size=int(d["global_batch_size"]),
+                            batch_num_tokens=d["batch_num_tokens"].item())
+        ref = sdar_loss(d["student"], d["teacher"], d["mask"], SDARConfig(), batch)
+        assert d["loss"].item() == pytest.approx(ref.loss.item(), rel=1e-5, abs=1e-9)
