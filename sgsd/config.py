@@ -181,6 +181,9 @@ class SGSDConfig:
     reference_answer_in_teacher: bool = False
     teacher_context: str = "skills"
     distill_coef: float = 1.0
+    # hybrid mode (rollout.n > 1): verl's policy loss (with its KL term) + distill_coef x the
+    # distillation term; false: the distillation term alone (SDAR's OPSD baseline)
+    policy_gradient: bool = True
     # The teacher's top-k distribution (ids + full-vocabulary log-probs per response position),
     # read by the distribution loss types (sgsd.ablation.loss_type=local_gated | fkl | jsd); 0: the
     # sampled token's log-prob only (gated, sampled_rkl).
@@ -189,7 +192,7 @@ class SGSDConfig:
     jsd_beta: float = 0.5
     record_buffer_size: int = 8192
     method: str = "sgsd"  # sgsd | skill_sd | sdar | rlsd (METHODS)
-    aggregation: str | None = None  # problem_mean | token_mean; null: the method's (sgsd: problem_mean, else token_mean)
+    aggregation: str | None = None  # problem_mean | token_mean; null: sgsd problem_mean, the others token_mean
     skills: SkillSourceSettings = field(default_factory=SkillSourceSettings)  # the sibling methods' skills
     skill_sd: SkillSDSettings = field(default_factory=SkillSDSettings)
     sdar: SDARSettings = field(default_factory=SDARSettings)
@@ -242,7 +245,8 @@ class SGSDConfig:
             raise ConfigError(f"sgsd.teacher_context={self.teacher_context} is an SGSD setting; {m} conditions its "
                               f"one teacher on its own context ({_METHOD_SKILLS[self.method][2]}): leave it at skills")
         if self.reference_answer_in_teacher:
-            raise ConfigError(f"sgsd.reference_answer_in_teacher=true is an SGSD ablation (Fig. 3d); {m} does not read it")
+            raise ConfigError(f"sgsd.reference_answer_in_teacher=true is an SGSD ablation (Fig. 3d); {m} does not "
+                              "read it")
         if self.ablation.loss_type != "gated":
             raise ConfigError(f"sgsd.ablation.loss_type={self.ablation.loss_type} is an SGSD setting; {m} has its own "
                               "loss (sgsd.sdar.divergence for SDAR's forward_kl / jsd)")
@@ -259,6 +263,9 @@ class SGSDConfig:
             why = (f"sgsd.sdar.divergence={self.sdar.divergence}" if self.method == "sdar" else m)
             raise ConfigError(f"sgsd.teacher_topk={self.teacher_topk} is not read: {why} uses the sampled token alone; "
                               "set sgsd.teacher_topk=0")
+        if self.method == "rlsd" and not self.policy_gradient:
+            raise ConfigError("sgsd.policy_gradient=false leaves sgsd.method=rlsd nothing to train: RLSD reweights "
+                              "the policy gradient's advantages")
         if self.skill_source == "summaries" and self.skill_strategy in ("keyword",):
             raise ConfigError("sgsd.skills.strategy=keyword reads the keywords of skill files; trajectory summaries "
                               "(sgsd.skills.source=summaries) have none: use ucb, embedding, random or full")
@@ -300,6 +307,10 @@ class SGSDConfig:
         if self.sibling:
             return self.method == "sdar" and self.sdar.divergence != "reverse_kl"
         return self.ablation.loss_type in DISTRIBUTION_LOSSES
+
+    def hybrid(self, rollout_n: int) -> bool:
+        """Does the actor loss add verl's policy loss (GRPO with n > 1) to the distillation term?"""
+        return rollout_n > 1 and self.policy_gradient
 
     @property
     def distills(self) -> bool:

@@ -91,7 +91,8 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
                                             temperature=cfg.alpha_temperature)
         self.teacher_pass = TeacherPass(cfg, self.tokenizer, self.retriever, self.sibling_skills)
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
-        loss = SGSDActorLoss.from_config(cfg, actor_config, hybrid=self.config.actor_rollout_ref.rollout.n > 1,
+        hybrid = cfg.hybrid(int(self.config.actor_rollout_ref.rollout.n))  # + verl's GRPO loss
+        loss = SGSDActorLoss.from_config(cfg, actor_config, hybrid=hybrid,
                                          debug_dump_dir=os.environ.get("SGSD_DEBUG_DUMP_DIR"))
         self.actor_rollout_wg.set_loss_fn(loss)
         reference = getattr(self, "ref_policy_wg", None)

@@ -98,6 +98,9 @@ _SIBLINGS = (
                              ("random", "random (one skill file)"))),
     _sibling("grpo_opsd", _SDAR_PAPER, "GRPO+OPSD: SDAR's loss ungated (beta 0: g = 0.5)",
              (*_SDAR, "sgsd.sdar.beta=0")),
+    _sibling("sdar_opsd", _SDAR_PAPER, "OPSD: the ungated distillation alone (beta 0, weight 1), no policy "
+             "gradient and no KL, on the same teacher and rollouts",
+             ("sgsd.method=sdar", "sgsd.sdar.beta=0", "sgsd.distill_coef=1.0", "sgsd.policy_gradient=false")),
     _sibling("rlsd", _SDAR_PAPER, "RLSD: GRPO advantages reweighted per token by the skill-conditioned teacher's "
              "gap (lambda 0.5 decayed to 0 over 100 steps, eps 0.2); no distillation term",
              (*_GRPO_BACKBONE, "sgsd.method=rlsd")),

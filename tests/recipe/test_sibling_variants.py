@@ -115,7 +115,8 @@ FINGERPRINTS = {
     "sdar_retrieval_keyword": lambda o, d: o.chosen == d.chosen and o.sgsd.skill_strategy == "keyword",
     "sdar_beta_1": lambda o, d: _sdar(o, d, beta=1.0),
     "sdar_beta_10": lambda o, d: _sdar(o, d, beta=10.0),
-    "sdar_gate_entropy": lambda o, d: _sdar(o, d, gate="entropy") and o.config.actor_rollout_ref.actor.calculate_entropy,
+    "sdar_gate_entropy": lambda o, d: (_sdar(o, d, gate="entropy")
+                                       and o.config.actor_rollout_ref.actor.calculate_entropy),
     "sdar_gate_softor": lambda o, d: (_sdar(o, d, gate="soft_or") and o.config.actor_rollout_ref.actor.calculate_entropy
                                       and o.method_metrics["gate_mean"] >= d.method_metrics["gate_mean"]),  # an OR
     "sdar_fkl": lambda o, d: (_grpo_backbone(o, 0.01) and o.result.fields.topk_ids[0].shape[-1] == 100
@@ -128,6 +129,10 @@ FINGERPRINTS = {
     # beta 0: every gate is exactly one half, none "active"
     "grpo_opsd": lambda o, d: (o.method_metrics["gate_mean"] == 0.5 and o.method_metrics["gate_active_frac"] == 0.0
                                and _grpo_backbone(o, 0.01)),
+    # the same ungated term alone: no policy loss whatever n, no KL, weight 1
+    "sdar_opsd": lambda o, d: (o.method_metrics["gate_mean"] == 0.5 and not o.sgsd.hybrid(8)
+                               and o.sgsd.hybrid(8) != d.sgsd.hybrid(8) and o.sgsd.distill_coef == 1.0
+                               and not o.config.actor_rollout_ref.actor.use_kl_loss and _sdar_prompts(o)),
 }
 DEFAULT_OF = {"skill_sd": "skill_sd", "sdar": "sdar", "rlsd": "sdar"}
 # In-process a frozen teacher scores with the live one's weights (the initial model); named

@@ -61,6 +61,7 @@ SIBLING_FINGERPRINTS = {
     "skill_sd": lambda m: True,  # its own two-step run below
     "sdar": lambda m: m["sgsd/teachers_per_problem_retrieved"] == 1 and 0 < m["sgsd/sdar/gate_mean"] < 1,
     "grpo_opsd": lambda m: m["sgsd/sdar/gate_mean"] == pytest.approx(0.5),
+    "sdar_opsd": lambda m: m["sgsd/sdar/gate_mean"] == pytest.approx(0.5) and math.isfinite(m["sgsd/loss"]),
     "sdar_fkl": lambda m: 0.0 < m["sgsd/teacher_topk_mass"] <= 1.0 + 1e-5,
     "sdar_jsd": lambda m: 0.0 < m["sgsd/teacher_topk_mass"] <= 1.0 + 1e-5,
     "sdar_retrieval_full": lambda m: m["sgsd/skills/selected_per_rollout"] == m["sgsd/skills/files"],
@@ -77,7 +78,10 @@ def _sibling(name: str) -> bool:
 
 def _check_sibling(name: str, m: dict) -> None:
     method = next(o.split("=", 1)[1] for o in VARIANTS[name].overrides if o.startswith("sgsd.method="))
-    assert math.isfinite(m["actor/kl_loss"]) and m["actor/kl_coef"] == 0.01  # GRPO's KL to the reference
+    if "sgsd.policy_gradient=false" in VARIANTS[name].overrides:  # the distillation term alone
+        assert "actor/pg_loss" not in m and "actor/kl_loss" not in m
+    else:
+        assert math.isfinite(m["actor/kl_loss"]) and m["actor/kl_coef"] == 0.01  # GRPO's KL to the reference
     if method != "rlsd":
         assert math.isfinite(m[f"sgsd/{method}/loss"])
     check = SIBLING_FINGERPRINTS.get(name, SIBLING_FINGERPRINTS.get(method))

@@ -92,6 +92,9 @@ def test_each_method_brings_its_own_skills_context_and_reduction(method, source,
                                                                                            aggregation)
     assert cfg.teacher_slots == (8 if method == "sgsd" else 1)
     assert cfg.distills == (method != "rlsd")
+    assert cfg.hybrid(8) and not cfg.hybrid(1)
+    assert not SGSDConfig.from_mapping({"method": method if method != "rlsd" else "sdar",
+                                        "policy_gradient": False}).hybrid(8)
 
 
 def test_sibling_settings_reach_the_library_configs():
@@ -122,6 +125,7 @@ def test_sibling_settings_reach_the_library_configs():
     ({"method": "skill_sd", "skill_sd": {"k3_clip": 0}}, r"sgsd.skill_sd.k3_clip=0.0 is out of range"),
     ({"method": "rlsd", "rlsd": {"lam": 2}}, r"sgsd.rlsd.lam=2.0 is out of range: must be in \[0, 1\]"),
     ({"method": "rlsd", "rlsd": {"decay_steps": 0}}, r"sgsd.rlsd.decay_steps=0 is out of range"),
+    ({"method": "rlsd", "policy_gradient": False}, r"sgsd.policy_gradient=false leaves sgsd.method=rlsd nothing"),
     ({"method": "skill_sd", "skills": {"strategy": "keyword"}}, r"trajectory summaries .* have none"),
     ({"method": "sdar", "skills": {"strategy": "bm25"}}, r"sgsd.skills.strategy='bm25' is not one of"),
     ({"method": "sdar", "skills": {"top_k": 0}}, r"sgsd.skills.top_k=0 is out of range"),
