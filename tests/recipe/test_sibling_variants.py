@@ -21,7 +21,7 @@ from sgsd.sibling_skills import make_sibling_skills
 from sgsd.skill_sources import TrajectorySummary, task_key
 from sgsd.teacher_contexts import PRIVILEGED_SKILL_HEADER, SKILL_SD_HEADER
 from tests.recipe.conftest import sgsd_config_of
-from tests.tiny_policy import HFScorer, actor_loss, response_log_probs
+from tests.tiny_policy import HFScorer, actor_loss, response_distribution, response_log_probs
 
 SIBLINGS = sorted(n for n, v in VARIANTS.items() if v.script == "grpo" and v.estimator == "sgsd")
 GROUP = ("actor_rollout_ref.rollout.n=2",)  # a GRPO group (RLSD refuses n = 1)
@@ -162,10 +162,9 @@ def test_sibling_variant_fingerprint(name, outcome, policy, tiny_batch):
     if o.sgsd.method == "skill_sd":
         ref = skill_sd_loss(student, x.teacher[:, 0], x.student, mask, o.sgsd.skill_sd_config(), batch)
         assert o.method_metrics["rho_mean"] == pytest.approx(1.0, abs=1e-4)  # on-policy: pi_theta = pi_old
-    elif not o.sgsd.uses_distribution and not o.sgsd.sdar_config().uses_entropy:
-        ref = sdar_loss(student, x.teacher[:, 0], mask, o.sgsd.sdar_config(), batch)
-    else:
-        ref = None  # the top-k and entropy paths: tests/recipe/test_sibling_loss.py, test_distribution.py
+    else:  # the entropy and the top-k divergence from the student's full distributions, apart from verl's hooks
+        ref = sdar_loss(student, x.teacher[:, 0], mask, o.sgsd.sdar_config(), batch,
+                        **_full_distribution_inputs(o, policy, tiny_batch, x.response_mask.shape[1]))
     # the actor's total is the coefficient times the method's term (no hybrid part in-process)
     assert o.loss == pytest.approx(o.sgsd.distill_coef * o.method_metrics["loss"], rel=1e-5, abs=1e-12)
     if ref is not None:
@@ -174,6 +173,31 @@ def test_sibling_variant_fingerprint(name, outcome, policy, tiny_batch):
         assert o.loss == pytest.approx(d.loss, rel=1e-6)
     else:  # a loss of its own
         assert o.loss != pytest.approx(d.loss, rel=1e-6)
+
+
+def _full_distribution_inputs(o: Outcome, policy, batch, width: int) -> dict:
+    """SDAR's per-token inputs taken from the student's full ``[T, V]`` log-softmax: its entropy
+    (entropy / soft-OR gates) and the top-k divergence at the teacher's own ids (fkl / jsd)."""
+    from sgsd.objective import topk_forward_kl, topk_jsd
+
+    config = o.sgsd.sdar_config()
+    full = [response_distribution(policy, p, r) for p, r in zip(batch.prompts, batch.rollouts.responses)]
+
+    def padded(rows):
+        return torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
+
+    out = {}
+    if config.uses_entropy:
+        out["entropy"] = padded([-(f.exp() * f).sum(-1) for f in full])
+    if config.uses_distribution:
+        rows = []
+        for f, ids, teacher_lp in zip(full, o.result.fields.topk_ids, o.result.fields.topk_log_probs):
+            student_lp = f.gather(-1, ids[:, 0].long())
+            rows.append(topk_forward_kl(teacher_lp[:, 0], student_lp, config.divergence_clip)
+                        if config.divergence == "forward_kl"
+                        else topk_jsd(teacher_lp[:, 0], student_lp, config.jsd_beta, config.divergence_clip))
+        out["divergence"] = padded(rows)
+    return out
 
 
 def test_ucb_learns_from_the_outcomes_it_observes(outcome, tiny_batch):
