@@ -266,7 +266,7 @@ class SGSDConfig:
         if self.method == "rlsd" and not self.policy_gradient:
             raise ConfigError("sgsd.policy_gradient=false leaves sgsd.method=rlsd nothing to train: RLSD reweights "
                               "the policy gradient's advantages")
-        if self.skill_source == "summaries" and self.skill_strategy in ("keyword",):
+        if self.skill_source == "summaries" and self.skill_strategy == "keyword":
             raise ConfigError("sgsd.skills.strategy=keyword reads the keywords of skill files; trajectory summaries "
                               "(sgsd.skills.source=summaries) have none: use ucb, embedding, random or full")
 

@@ -38,8 +38,8 @@ from sgsd.objective import topk_forward_kl, topk_jsd
 
 __all__ = [
     "AGGREGATIONS", "GATES", "SDAR_DIVERGENCES", "GlobalBatch", "RLSDConfig", "SDARConfig", "SDLoss",
-    "SkillSDConfig", "aggregate", "problem_mean", "rlsd_advantages", "rlsd_lambda", "sdar_gate", "sdar_loss",
-    "skill_sd_loss", "skill_sd_token_grad", "skill_sd_token_loss", "token_mean", "topk_divergence",
+    "SkillSDConfig", "aggregate", "problem_mean", "rlsd_advantages", "rlsd_lambda", "rlsd_weight", "sdar_gate",
+    "sdar_loss", "skill_sd_loss", "skill_sd_token_grad", "skill_sd_token_loss", "token_mean", "topk_divergence",
 ]
 
 Aggregation = Literal["token_mean", "problem_mean"]
@@ -360,6 +360,11 @@ def rlsd_lambda(step: int, config: RLSDConfig = RLSDConfig()) -> float:
     return config.lam * max(0.0, 1.0 - step / config.decay_steps)
 
 
+def rlsd_weight(advantages: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """RLSD's unclipped token weight ``exp(sign(A) Delta_t)`` (same shapes in and out)."""
+    return torch.exp(torch.sign(advantages) * delta)
+
+
 def rlsd_advantages(advantages: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor, step: int,
                     config: RLSDConfig = RLSDConfig()) -> torch.Tensor:
     """Token advantages ``A_t = A ((1 - l) + l clip(exp(sign(A) Delta_t), 1 - eps, 1 + eps))``.
@@ -386,6 +391,6 @@ def rlsd_advantages(advantages: torch.Tensor, delta: torch.Tensor, mask: torch.T
         live = mask > 0
         adv = torch.where(live, advantages.detach(), 0.0)
         d = torch.where(live, delta.detach(), 0.0)
-        weight = torch.exp(torch.sign(adv) * d).clamp(1.0 - config.clip_eps, 1.0 + config.clip_eps)
+        weight = rlsd_weight(adv, d).clamp(1.0 - config.clip_eps, 1.0 + config.clip_eps)
         return torch.where(live, adv * ((1.0 - lam) + lam * weight), 0.0)
 

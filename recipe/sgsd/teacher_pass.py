@@ -29,7 +29,7 @@ from tensordict import TensorDict
 from recipe.sgsd.distribution import uniform_topk
 from sgsd.config import SGSDConfig
 from sgsd.objective import sgsd_objective, support_quantiles
-from sgsd.sd_objectives import RLSDConfig, rlsd_advantages, rlsd_lambda
+from sgsd.sd_objectives import RLSDConfig, rlsd_advantages, rlsd_lambda, rlsd_weight
 from sgsd.prompts import ChatFormat, guidance_block, teacher_prompt_ids
 from sgsd.retrieval import ProblemRetrieval, TeacherPair
 from sgsd.teacher_contexts import TeacherContext, TeacherGuidance, teacher_context
@@ -329,7 +329,7 @@ def rlsd_token_advantages(record: TeacherFields, rollouts: Rollouts, advantages:
     lam = rlsd_lambda(step, config)
     live = (inputs.response_mask > 0) & (adv != 0)
     ratio = torch.where(live, new / torch.where(live, adv, 1.0), 0.0)
-    weight = torch.exp(torch.sign(adv) * delta)
+    weight = rlsd_weight(adv, delta)
     clipped = live & ((weight < 1 - config.clip_eps) | (weight > 1 + config.clip_eps))
     count = max(live.sum().item(), 1)
     metrics = {"sgsd/rlsd/lambda": lam, "sgsd/rlsd/weight_mean": ratio.sum().item() / count if live.any() else 1.0,

@@ -210,7 +210,12 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
         records = ray.get(self.record_buffer.drain.remote())
         if self.sibling_skills is not None:
             self._skills_step_end(records, metrics)
-            return
+        else:
+            self._evolution_step_end(records, metrics)
+        stats = ray.get(self.record_buffer.stats.remote())
+        metrics["sgsd/record_buffer_dropped"] = float(stats["dropped"])
+
+    def _evolution_step_end(self, records, metrics: dict) -> None:
         self.evolution.add_records(records)
         step = self.global_steps
         if self.evolution.due(step):
@@ -229,15 +234,11 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
         if step >= self.total_training_steps:
             self.evolution.flush()  # the tracked utility of the last steps reaches bank.json
         metrics.update(self.evolution.metrics())
-        stats = ray.get(self.record_buffer.stats.remote())
-        metrics["sgsd/record_buffer_dropped"] = float(stats["dropped"])
 
     def _skills_step_end(self, records, metrics: dict) -> None:
         """Skill-SD: this step's rollouts to the summarizer. An external writer works on its own
         thread while training goes on (what it finished is used from the next teacher pass on);
         the policy writer needs the rollout replicas, so the step waits for its summaries."""
-        import ray
-
         skills, step = self.sibling_skills, self.global_steps
         if skills.summarizer is not None and records:
             metrics["sgsd/skills/summaries_submitted"] = float(skills.submit(records, step))
@@ -251,8 +252,6 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
             skills.collect(wait=True, timeout=self.sgsd_config.update.timeout_s)
         skills.collect()
         metrics.update(skills.metrics())
-        stats = ray.get(self.record_buffer.stats.remote())
-        metrics["sgsd/record_buffer_dropped"] = float(stats["dropped"])
 
     # ----------------------------------------------------------------- the step
     @contextmanager

@@ -58,7 +58,9 @@ def _check_prompts(run: CPURun, name: str) -> None:
 
 # The sibling methods on the GRPO backbone (a group of 2 here): the SGSD trainer's one-teacher path.
 SIBLING_FINGERPRINTS = {
-    "skill_sd": lambda m: True,  # its own two-step run below
+    # one step: no summary exists yet (no teacher, a zero L_SDL); the 2 x 2 rollouts went to the writer
+    "skill_sd": lambda m: (m["sgsd/skills/no_skill_frac"] == 1.0 and m["sgsd/skill_sd/loss"] == 0.0
+                           and m["sgsd/skills/summaries_submitted"] == 4),
     "sdar": lambda m: m["sgsd/teachers_per_problem_retrieved"] == 1 and 0 < m["sgsd/sdar/gate_mean"] < 1,
     "grpo_opsd": lambda m: m["sgsd/sdar/gate_mean"] == pytest.approx(0.5),
     "sdar_opsd": lambda m: m["sgsd/sdar/gate_mean"] == pytest.approx(0.5) and math.isfinite(m["sgsd/loss"]),
