@@ -25,6 +25,9 @@ redoes the layers without asking again and only retries the failed requests.
 Duplicates are "exact" after normalisation: two items are the same when all text
 fields agree ignoring case and runs of whitespace; the first one is kept.
 
+The prompts are the paper's math wording unless ``domain="agent"`` (the multi-turn agent
+wording of :mod:`sgsd.skill_prompts`; ``docs/agent-prompts.md``).
+
 Per-layer statistics have exactly the shape of the shipped banks'
 ``metadata.general_merge_layers`` / ``common_mistake_merge_layers``.
 """
@@ -42,7 +45,7 @@ from sgsd.bank import CommonMistake, GeneralSkill, SkillBank
 from sgsd.checks import check_int
 from sgsd.llm.base import Completion, GenerationSettings, LLMClient
 from sgsd.parsing import parse_items
-from sgsd.skill_prompts import COLLECTION_FIELDS, merge_prompt
+from sgsd.skill_prompts import COLLECTION_FIELDS, DOMAINS, merge_prompt
 
 __all__ = [
     "DEFAULT_MERGE_SETTINGS",
@@ -183,6 +186,7 @@ def hierarchical_merge(
     progress: bool = True,
     cache: ReplyCache | None = None,
     batch_size: int | None = None,
+    domain: str = "math",
 ) -> MergeResult:
     """Merge one collection (``general_skills`` or ``common_mistakes``) with Alg. 3.
 
@@ -191,10 +195,13 @@ def hierarchical_merge(
     ``stopped_reason`` is ``root_group_reached``, ``stagnation_patience_reached`` or, only
     if the ``max_layers`` guard fired, ``max_layers_reached``. An empty input runs no layer.
     ``batch_size`` prompts go to the writer per ``generate`` call (default: a whole layer);
-    with a ``cache`` each call's replies are saved before the next.
+    with a ``cache`` each call's replies are saved before the next. ``domain`` (``"math"`` or
+    ``"agent"``) picks the merge prompts' wording.
     """
     if kind not in COLLECTION_FIELDS:
         raise ValueError(f"unknown collection {kind!r}; expected one of {tuple(COLLECTION_FIELDS)}")
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
     MergeConfig(group_size, patience, max_layers)  # refuses out-of-range values
     fields = COLLECTION_FIELDS[kind]
     settings = settings or DEFAULT_MERGE_SETTINGS
@@ -209,7 +216,7 @@ def hierarchical_merge(
             layer_index = len(result.layers)
             groups = [current[i:i + group_size] for i in range(0, len(current), group_size)]
             merged, detail = _merge_layer(groups, kind, client, settings, group_size, fields, result, cache,
-                                          batch_size, layer_index)
+                                          batch_size, layer_index, domain)
             stagnant = 0 if len(merged) < len(current) else stagnant + 1
             if len(groups) == 1:
                 reason: str | None = "root_group_reached"
@@ -261,11 +268,12 @@ def _merge_layer(
     cache: ReplyCache | None = None,
     batch_size: int | None = None,
     layer: int = 0,
+    domain: str = "math",
 ) -> tuple[list[dict[str, str]], dict[str, int]]:
     """One layer: the multi-item groups' prompts to the writer (cached replies reused);
     returns items and counts."""
     todo = [g for g in groups if len(g) > 1]
-    prompts = [merge_prompt(g, kind, group_size=group_size) for g in todo]
+    prompts = [merge_prompt(g, kind, group_size=group_size, domain=domain) for g in todo]
     replies = _ask(prompts, kind, layer, client, settings, result, cache, batch_size)
     detail = {"merged_groups": 0, "kept_groups": 0, "request_failures": 0, "parse_failures": 0,
               "growth_rejections": 0, "collapse_rejections": 0}
@@ -351,18 +359,20 @@ def merge_bank(
     source: str | None = None,
     cache: ReplyCache | None = None,
     batch_size: int | None = None,
+    domain: str = "math",
 ) -> SkillBank:
     """Merge both collections of a raw candidate bank into a bank in the shipped layout.
 
     The metadata has the shipped banks' keys (``source``, ``merge_group_size``,
     ``merge_stagnation_patience``, input/output counts, the two layer lists) plus
     ``merge_diagnostics`` (request/parse failures, growth rejections, duplicates).
+    ``domain`` as in :func:`hierarchical_merge`.
     """
     settings = settings or DEFAULT_MERGE_SETTINGS
     results = {
         kind: hierarchical_merge(raw_bank.items(kind), kind, client, group_size=group_size, patience=patience,
                                  max_layers=max_layers, settings=settings, progress=progress, cache=cache,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, domain=domain)
         for kind in ("general_skills", "common_mistakes")
     }
     general, mistakes = results["general_skills"], results["common_mistakes"]

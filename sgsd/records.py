@@ -4,6 +4,13 @@ Every scored rollout becomes a :class:`RolloutRecord` (and, for a skill writer, 
 :func:`memory_record`, the same for the cold-start builder and the online updater); a :class:`RecordBuffer` keeps the
 ones not yet read, bounded in size (the oldest are dropped first, and counted, so a
 stalled reader cannot grow memory without limit), and hands them out exactly once.
+
+A record is either a single-turn math rollout (the default) or, with ``episode=True``, a
+multi-turn agent episode: ``problem`` is the episode's task message, ``response`` its
+plain-text transcript (turns, then an ``Outcome:`` line), ``reward`` 1.0 when solved and
+``answer`` None. The skill writers word their prompts for the episode
+(``docs/agent-prompts.md``); a record saved before the field existed loads with
+``episode=False``.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["RecordBuffer", "RolloutRecord", "memory_record", "trajectory_summary"]
+__all__ = ["EPISODE_FAILURE", "EPISODE_SUCCESS", "RecordBuffer", "RolloutRecord", "episode_outcome", "memory_record",
+           "trajectory_summary"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,7 @@ class RolloutRecord:
     data_source: str = ""
     step: int | None = None
     answer: str | None = None
+    episode: bool = False  # a multi-turn agent episode (task message + transcript), not a math rollout
 
     @property
     def success(self) -> bool:
@@ -83,13 +92,34 @@ def trajectory_summary(completion: str, *, head: int = 3, tail: int = 3, max_lin
     return "\n".join(lines)
 
 
+#: The verdict an episode's writers are shown (summary prompt and memory record alike).
+EPISODE_SUCCESS = "SUCCESS: the task was solved."
+EPISODE_FAILURE = "FAILURE: the task was not solved within the turn limit."
+
+
+def episode_outcome(record: RolloutRecord) -> str:
+    """:data:`EPISODE_SUCCESS` or :data:`EPISODE_FAILURE` for an episode's reward."""
+    return EPISODE_SUCCESS if record.success else EPISODE_FAILURE
+
+
+def _cut_middle(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[: max_chars // 2] + "\n...\n" + text[-max_chars // 2:]
+
+
 def memory_record(record: RolloutRecord, max_chars: int) -> dict[str, Any]:
     """A memory (paper Alg. 2: problem, completion, reward, answers, trajectory summary, feedback)
-    from a rollout; the cold-start builder and the online updater use the same one."""
+    from a rollout; the cold-start builder and the online updater use the same one.
+
+    An episode's memory is ``{"task", "episode", "reward", "outcome"}`` instead: the task
+    message, the transcript (cut like a completion, head and tail kept, so its closing
+    ``Outcome:`` line survives) and the verdict; there is no answer to extract or compare.
+    """
+    if record.episode:
+        return {"task": record.problem, "episode": _cut_middle(record.response, max_chars),
+                "reward": record.reward, "outcome": episode_outcome(record)}
     from sgsd.verifier import extract_answer
 
-    completion = record.response if len(record.response) <= max_chars else (
-        record.response[: max_chars // 2] + "\n...\n" + record.response[-max_chars // 2:])
+    completion = _cut_middle(record.response, max_chars)
     predicted = extract_answer(record.response)
     feedback = ("The final answer matches the reference." if record.success else
                 "No final \\boxed{} answer was given." if predicted is None else

@@ -18,8 +18,10 @@ the task); see :class:`sgsd.skill_strategies.KeywordStrategy`.
 **Trajectory summaries (Skill-SD).** An auxiliary writer (any :class:`sgsd.llm.LLMClient`,
 the bank updater's writers) turns one finished rollout into one JSON summary
 ``{"success_analysis", "mistake_analysis", "golden_workflow"}`` (Skill-SD's project page,
-"What a Skill Looks Like"). :class:`SummaryStore` keeps at most ``max_per_task`` of them per
-problem (oldest dropped first), saves atomically and resumes from its file;
+"What a Skill Looks Like"; a multi-turn agent episode, ``record.episode``, is asked for the
+same fields in agent wording, ``docs/agent-prompts.md``). :class:`SummaryStore` keeps at
+most ``max_per_task`` of them per problem (oldest dropped first), saves atomically and
+resumes from its file;
 :class:`TrajectorySummarizer` writes them on a background thread, off the training step's
 critical path: ``submit`` returns at once, ``collect``/``drain`` hand back what finished.
 A failed request or an unusable reply (not JSON, a key missing, too long) is counted by
@@ -46,7 +48,7 @@ from sgsd.checks import check_int
 from sgsd.llm.base import GenerationSettings, LLMClient
 from sgsd.parsing import extract_json_object
 from sgsd.plain_text import plain_text
-from sgsd.records import RolloutRecord
+from sgsd.records import RolloutRecord, episode_outcome
 
 __all__ = [
     "SUMMARY_FIELDS",
@@ -223,7 +225,11 @@ def summary_prompt(record: RolloutRecord, max_completion_chars: int = 6000) -> s
 
     The writer sees the verifier's verdict, not the reference answer, and is asked not to
     state the answer: the summary is skill guidance, not answer guidance (that is OPSD).
+    An episode (``record.episode``) gets the agent wording (:func:`_episode_summary_prompt`);
+    the three fields, and so :func:`parse_summary`, are the same.
     """
+    if record.episode:
+        return _episode_summary_prompt(record, max_completion_chars)
     outcome = ("SUCCESS: the final answer was verified correct." if record.success
                else "FAILURE: the final answer was wrong or missing.")
     return (
@@ -238,6 +244,26 @@ def summary_prompt(record: RolloutRecord, max_completion_chars: int = 6000) -> s
         '- "mistake_analysis": what went wrong or was risky, and why\n'
         '- "golden_workflow": the numbered steps an ideal next attempt should follow\n'
         "Do not state the final answer itself. Output only the JSON object."
+    )
+
+
+def _episode_summary_prompt(record: RolloutRecord, max_completion_chars: int) -> str:
+    """:func:`summary_prompt` for one multi-turn agent episode: the task message, the verdict
+    and the transcript (cut like an attempt). Not listing the full move sequence is the
+    episode's analogue of not stating the answer: the note teaches how, not which moves."""
+    return (
+        "You are summarising one episode of a student agent at a multi-turn task into a short skill note. "
+        "The note will be shown to a later episode at the same task.\n\n"
+        "### Task\n" + plain_text(record.problem.strip()) + "\n\n"
+        "### Outcome\n" + episode_outcome(record) + "\n\n"
+        "### The episode\n" + plain_text(_cut(record.response, max_completion_chars)) + "\n\n"
+        "### Your task\n"
+        "Reply with ONE JSON object with exactly these string fields:\n"
+        '- "success_analysis": what in the episode worked and should be reused\n'
+        '- "mistake_analysis": what went wrong or was risky (invalid actions, loops, dead ends such as a box '
+        'pushed into a corner), and why\n'
+        '- "golden_workflow": the numbered steps a next episode at the same task should follow\n'
+        "Do not list the full move sequence. Output only the JSON object."
     )
 
 

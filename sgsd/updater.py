@@ -14,6 +14,13 @@ protected; at most ``capacity`` of them are admitted, so they never have to be p
 Static (cold-start) items are never touched. The scores are the ones stored in the
 bank: a trainer applies its :class:`sgsd.item_utility.UtilityTracker` before updating.
 
+Agent episodes (``record.episode``): each record's extraction prompt is worded for its
+own kind (a math rollout gets the paper's Tab. 7/8, an episode the agent wording, with
+the episode memory of :func:`sgsd.records.memory_record`). The merge prompts have one
+wording per update: the agent one when EVERY record of the window is an episode, the
+paper's math one otherwise (a mixed window merges math-worded: the paper's text is the
+default, and the agent text would be wrong for its math items). See ``docs/agent-prompts.md``.
+
 Nothing here raises for a bad model reply: an update whose calls fail or whose replies
 cannot be parsed adds nothing, and the bank is returned as it was, with the counts in
 the report.
@@ -37,7 +44,7 @@ from sgsd.records import RolloutRecord, memory_record
 from sgsd.skill_prompts import extraction_prompt
 from sgsd.item_utility import utility_score
 
-__all__ = ["UpdateConfig", "UpdateReport", "SkillUpdater"]
+__all__ = ["UpdateConfig", "UpdateReport", "SkillUpdater", "record_domain", "window_domain"]
 
 _KIND_OF = {True: "general_skills", False: "common_mistakes"}
 _DYN_PREFIX = {"general_skills": "gen_dyn_", "common_mistakes": "err_dyn_"}
@@ -98,6 +105,17 @@ class UpdateReport:
         return out
 
 
+def record_domain(record: RolloutRecord) -> str:
+    """The prompt wording of one record's extraction: ``"agent"`` for an episode, else ``"math"``."""
+    return "agent" if record.episode else "math"
+
+
+def window_domain(records: Sequence[RolloutRecord]) -> str:
+    """The merge wording of a window: ``"agent"`` when all its records are episodes, else ``"math"``
+    (a mixed or empty window keeps the paper's math wording)."""
+    return "agent" if records and all(r.episode for r in records) else "math"
+
+
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -130,12 +148,13 @@ class SkillUpdater:
             return bank, self._done(report, start)
 
         rng = random.Random(self.config.seed + step)
+        domain = window_domain(records)
         new_bank = bank
         for success, kind in _KIND_OF.items():
             pool = [r for r in records if r.success == success]
             if len(pool) > self.config.max_memories:
                 pool = rng.sample(pool, self.config.max_memories)
-            candidates = self._extract(pool, kind, report)
+            candidates = self._extract(pool, kind, report, domain)
             report.candidates[kind] = len(candidates)
             new_bank = self._admit(new_bank, kind, candidates, step, report)
         report.applied = any(report.added.values()) or any(report.pruned.values())
@@ -144,10 +163,12 @@ class SkillUpdater:
             return bank, self._done(report, start)
         return new_bank, self._done(report, start)
 
-    def _extract(self, pool: Sequence[RolloutRecord], kind: str, report: UpdateReport) -> list[dict[str, str]]:
+    def _extract(self, pool: Sequence[RolloutRecord], kind: str, report: UpdateReport,
+                 merge_domain: str = "math") -> list[dict[str, str]]:
         if not pool:
             return []
-        prompts = [extraction_prompt(memory_record(r, self.config.max_completion_chars), kind) for r in pool]
+        prompts = [extraction_prompt(memory_record(r, self.config.max_completion_chars), kind, domain=record_domain(r))
+                   for r in pool]
         replies = self.client.generate(prompts, self.config.settings)
         report.requests += len(prompts)
         items: list[dict[str, str]] = []
@@ -162,7 +183,7 @@ class SkillUpdater:
         if len(items) > 1:
             merged = hierarchical_merge(items, kind, self.client, group_size=self.config.merge_group_size,
                                         patience=self.config.merge_patience, settings=self.config.settings,
-                                        progress=False)
+                                        progress=False, domain=merge_domain)
             report.requests += merged.requests
             report.request_failures += merged.request_failures
             report.parse_failures += merged.parse_failures
