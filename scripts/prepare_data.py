@@ -13,6 +13,11 @@ package, so ``python -m scripts.prepare_data`` would find the wrong one)::
     python3 scripts/prepare_data.py --input my.jsonl --output ~/data/sgsd/my.parquet --split train
     python3 scripts/prepare_data.py --dataset math500 --shuffle --seed 1 --limit 100
 
+    # Sokoban episodes (multi-turn, sgsd/envs): seeded levels, test seeds disjoint from train's
+    python3 scripts/prepare_data.py --dataset sokoban    # -> ~/data/sgsd/sokoban_{train,test}.parquet
+    python3 scripts/prepare_data.py --dataset sokoban --size 7x7 --boxes 2 --max-turns 40 \
+        --train-count 1000 --test-count 100 --seed 1 --output-dir ~/data/sgsd/sokoban_7x7
+
     # GRPO+Skill / OPSD+Skill: the top-3 pairs per problem in the STUDENT prompt, retrieved with
     # the GPU scripts' Qwen3-Embedding-0.6B (the defaults come from scripts/lib/retrieval.sh)
     python3 scripts/prepare_data.py --dataset dapo-math-17k --student-skills qwen3_1.7b \
@@ -22,6 +27,9 @@ Shipped sets: math_train, gsm8k (split train); aime24, aime25, hmmt25, amc2023, 
 (split test). ``--input`` takes JSONL/JSON/parquet of ``problem``/``answer`` rows (+ optional
 ``solution``). DAPO-Math-17k is de-duplicated, stripped of its own answer-format
 instruction and, by default, reduced to its English problems (``--language all`` keeps all).
+``--dataset sokoban`` writes two files of episode rows (``sgsd/envs/data.py``; TextArena's
+level generator, ``pip install 'sgsd-verl[agents]'``) and prints the scripted solver's check
+of every level and the random-policy floor on the test levels.
 Bad input exits 2 with one line naming the file, the line and the field.
 """
 
@@ -52,6 +60,10 @@ from sgsd.verl_data import (  # noqa: E402
 )
 
 DEFAULT_DIR = Path("~/data/sgsd")
+SOKOBAN = "sokoban"
+# --dataset sokoban's defaults: 6x6 rooms, one box, 20 turns (sgsd eval's built-in levels are
+# its first 100 test levels); 3200 train levels = one pass of the GPU scripts' 200 steps x 16
+SOKOBAN_DEFAULTS = {"size": "6x6", "boxes": 1, "max_turns": 20, "train_count": 3200, "test_count": 100}
 RETRIEVAL_SH = Path(__file__).resolve().parent / "lib" / "retrieval.sh"
 
 
@@ -65,7 +77,8 @@ def gpu_retrieval_defaults(path: Path = RETRIEVAL_SH) -> dict[str, str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gpu = gpu_retrieval_defaults()
     parser = argparse.ArgumentParser(prog="prepare_data.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=[*SHIPPED_SETS, DAPO_NAME], help="a shipped set or dapo-math-17k")
+    parser.add_argument("--dataset", choices=[*SHIPPED_SETS, DAPO_NAME, SOKOBAN],
+                        help="a shipped set, dapo-math-17k, or sokoban (seeded episode levels)")
     parser.add_argument("--input", type=Path, help="JSONL/JSON/parquet of problem/answer rows (with "
                         "--dataset dapo-math-17k: a local copy of DAPO's parquet)")
     parser.add_argument("--output", type=Path, help="parquet to write (default ~/data/sgsd/<data source>.parquet)")
@@ -74,7 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-source", help="data_source column (default: the dataset name or the input's stem)")
     parser.add_argument("--limit", type=int, help="keep the first N problems (after --shuffle)")
     parser.add_argument("--shuffle", action="store_true", help="shuffle before --limit")
-    parser.add_argument("--seed", type=int, help="shuffle seed (default 0; needs --shuffle)")
+    parser.add_argument("--seed", type=int, help="shuffle seed (default 0; needs --shuffle); with --dataset "
+                        "sokoban: the level family (default 0)")
     parser.add_argument("--language", choices=["en", "all"], default="en",
                         help="DAPO-Math-17k only: en = the English subset the paper trains on (default)")
     parser.add_argument("--student-skills", metavar="BANK",
@@ -86,7 +100,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--encoder", default=gpu["SKILL_ENCODER"],
                         help="retrieval encoder for --student-skills (default %(default)s: the GPU scripts' "
                              "sgsd.encoder; all-MiniLM-L6-v2 is the packaged one, no model hub)")
+    sokoban = parser.add_argument_group("--dataset sokoban")
+    sokoban.add_argument("--size", metavar="HxW", help="room height x width, outer walls included, each 5..12 "
+                         f"(default {SOKOBAN_DEFAULTS['size']})")
+    sokoban.add_argument("--boxes", type=int, help=f"boxes per level, 1..6 (default {SOKOBAN_DEFAULTS['boxes']})")
+    sokoban.add_argument("--max-turns", type=int,
+                         help=f"replies per episode, 1..200 (default {SOKOBAN_DEFAULTS['max_turns']})")
+    sokoban.add_argument("--train-count", type=int,
+                         help=f"training levels (default {SOKOBAN_DEFAULTS['train_count']})")
+    sokoban.add_argument("--test-count", type=int, help=f"test levels (default {SOKOBAN_DEFAULTS['test_count']})")
+    sokoban.add_argument("--output-dir", type=Path,
+                         help="folder of <data source>_train.parquet and <data source>_test.parquet "
+                              "(default ~/data/sgsd)")
     args = parser.parse_args(argv)
+    if args.dataset == SOKOBAN:
+        given = [f"--{name.replace('_', '-')}" for name in ("input", "output", "split", "limit", "student_skills")
+                 if getattr(args, name) is not None] + ["--shuffle"] * args.shuffle
+        if given:
+            parser.error(f"--dataset {SOKOBAN} writes its own train and test files; it takes no {', '.join(given)}")
+        for name, default in SOKOBAN_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+        match = re.fullmatch(r"(\d+)x(\d+)", args.size.strip().lower())
+        if not match:
+            parser.error(f"--size must be HxW, e.g. 6x6, got {args.size!r}")
+        args.size = (int(match[1]), int(match[2]))
+        for name in ("train_count", "test_count"):
+            if getattr(args, name) < 1:
+                parser.error(f"--{name.replace('_', '-')} must be >= 1")
+        return args
+    given = [f"--{name.replace('_', '-')}" for name in (*SOKOBAN_DEFAULTS, "output_dir")
+             if getattr(args, name) is not None]
+    if given:
+        parser.error(f"{', '.join(given)} go with --dataset {SOKOBAN} only")
     if args.dataset is None and args.input is None:
         parser.error("give --dataset or --input")
     if args.dataset is not None and args.dataset != DAPO_NAME and args.input is not None:
@@ -134,8 +180,49 @@ def student_guidance(problems, bank: str, top_k: int, encoder: str):
     return retrieve_student_guidance(problems, retriever), guidance_source(path, encoder, top_k)
 
 
+def write_sokoban(args: argparse.Namespace) -> None:
+    """The train and test episode files, then the solver's check and the random-policy floor."""
+    from sgsd.envs.data import episode_rows
+    from sgsd.envs.sokoban import generate, levels, random_policy, render, solve
+
+    data_source = args.data_source or SOKOBAN
+    folder = (args.output_dir or DEFAULT_DIR).expanduser()
+    written, rows = {}, {}
+    for split, count in (("train", args.train_count), ("test", args.test_count)):
+        written[split] = levels(split, count, size=args.size, boxes=args.boxes, max_turns=args.max_turns,
+                                seed=0 if args.seed is None else args.seed)
+        rows[split] = episode_rows(written[split], split, data_source)  # both generated before either is written
+    for split in rows:
+        output = write_parquet(rows[split], folder / f"{data_source}_{split}.parquet")
+        print(f"wrote {len(rows[split])} rows ({data_source}, split {split}) to {output}")
+    everything = written["train"] + written["test"]
+    lengths = [len(moves) for moves in map(solve, everything) if moves is not None]
+    unsolved = len(everything) - len(lengths)
+    print(f"solver: {len(lengths)}/{len(everything)} levels solved" + (
+        f" (shortest solutions {min(lengths)}-{max(lengths)} moves, mean {sum(lengths) / len(lengths):.1f})"
+        if lengths else ""))
+    if unsolved:
+        print(f"prepare_data.py: warning: {unsolved} levels not solved within the solver's state budget "
+              "(they are solvable by construction; larger rooms and more boxes need more states)", file=sys.stderr)
+    floor = random_policy(written["test"], seed=0)
+    print(f"random policy on the {floor['episodes']} test levels: success {floor['success_rate']:.3f}, boxes on "
+          f"targets {floor['boxes_on_target']:.3f}, invalid rate {floor['invalid_rate']:.3f}, mean turns "
+          f"{floor['turns']:.1f} (the floor a trained policy must beat)")
+    # Disjoint seeds, not always disjoint boards: small rooms have few layouts.
+    train_boards = {render(generate(level)) for level in written["train"]}
+    shared = sum(render(generate(level)) in train_boards for level in written["test"])
+    print(f"test levels whose start board is also a train level's: {shared}/{len(written['test'])}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.dataset == SOKOBAN:
+        try:
+            write_sokoban(args)
+        except (ImportError, ValueError, OSError) as exc:
+            print(f"prepare_data.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
+        return 0
     try:
         problems, name, split = load(args)
         split = args.split or split

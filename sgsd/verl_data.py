@@ -173,19 +173,33 @@ def _schema():
     ])
 
 
-def write_parquet(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+def write_parquet(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], schema: Any = None) -> Path:
     """Write ``rows`` to ``path`` atomically, with :mod:`sgsd.atomic`'s semantics.
 
     The table is built (and type-checked) before the disk is touched, written to a
     temporary file in the same folder, fsync'ed and renamed over the target: a reader or
     a crash sees the previous file or the complete new one, never a partial parquet.
+    ``schema`` (a pyarrow schema) defaults to the problem rows' (:func:`to_verl_rows`), or
+    to the episode rows' (:func:`sgsd.envs.data.episode_schema`) when the rows carry an
+    ``agent_name``; a file holds one kind.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not rows:
         raise ValueError("no rows to write: a data file with no problems is a mistake")
-    table = pa.Table.from_pylist(list(rows), schema=_schema())
+    if schema is None:
+        # pyarrow drops the columns a schema lacks without a word: pick the rows' own
+        kinds = {"agent_name" in row for row in rows}
+        if len(kinds) > 1:
+            raise ValueError("rows mix episodes (with agent_name) and problems (without); a file holds one kind")
+        if kinds == {True}:
+            from sgsd.envs.data import episode_schema
+
+            schema = episode_schema()
+        else:
+            schema = _schema()
+    table = pa.Table.from_pylist(list(rows), schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, str(tmp))
     return Path(path)
