@@ -73,13 +73,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--lora", help="peft LoRA adapter folder, merged into --model")
     ev.add_argument("--verl-checkpoint", help="verl FSDP checkpoint (global_step_N/actor), merged by verl's merger")
     ev.add_argument("--datasets", help="comma-separated: aime24, aime25, hmmt25, amc2023 (amc23), math500 or "
-                                       "JSONL/parquet files of problem/answer")
+                                       "JSONL/parquet files of problem/answer; agent episodes: sokoban (100 "
+                                       "seeded 6x6 test levels, 1 box, 20 turns) or a parquet from "
+                                       "scripts/prepare_data.py --dataset sokoban")
     ev.add_argument("-o", "--output", help="run folder (rerun the same command to resume)")
-    ev.add_argument("--samples", type=int, default=12, help="samples per problem, n (default 12)")
+    ev.add_argument("--samples", type=int, default=12,
+                    help="samples per problem (episodes per level), n (default 12)")
     ev.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     ev.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
     ev.add_argument("--top-k", type=int, default=-1, help="top-k truncation, -1 off (default)")
-    ev.add_argument("--max-new-tokens", type=int, default=38912, help="per sample (default 38912)")
+    ev.add_argument("--max-new-tokens", type=int, default=38912,
+                    help="per sample, per turn in an episode (default 38912)")
     ev.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=True,
                     help="chat template thinking mode (default on)")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -92,8 +96,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--encoder", default=None,
                     help="retrieval encoder (default: the packaged all-MiniLM-L6-v2; scripts/eval.sh passes the GPU "
                          "scripts' Qwen/Qwen3-Embedding-0.6B, the paper's)")
-    ev.add_argument("--limit", type=int, default=None, help="only the first N problems of each dataset")
-    ev.add_argument("--batch-size", type=int, default=256, help="samples per generate call and per save")
+    ev.add_argument("--limit", type=int, default=None, help="only the first N problems (levels) of each dataset")
+    ev.add_argument("--batch-size", type=int, default=256,
+                    help="samples per generate call and per save (episodes played in lockstep at a time)")
     ev.add_argument("--keep-merged", action="store_true", help="keep OUT/merged_model after completing")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)

@@ -8,7 +8,9 @@ decimal, the best of each column in **bold** and the second best <u>underlined</
 share the mark). A run lacking a dataset shows a dash there and in its average (an
 average over other columns would not compare). A run with samples still missing is
 marked ``*``. The PNG beside the markdown draws the same table (matplotlib, imported
-when drawing); it marks the second best in italics, having no underline.
+when drawing); it marks the second best in italics, having no underline. Episode datasets
+(:mod:`sgsd.eval.episodes`) have their own table in ``summary.md`` and compare with
+``--metric success_rate`` (or ``pass``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 __all__ = ["METRICS", "CompareTable", "ReportError", "compare_runs", "summary_markdown", "write_png"]
 
-METRICS = ("avg", "pass", "maj", "format_rate")
+METRICS = ("avg", "pass", "maj", "format_rate", "success_rate")
 _ORDER = ("aime24", "aime25", "hmmt25", "amc2023", "math500")  # the paper's columns first
 
 
@@ -35,30 +37,49 @@ def _pct(value: float | None) -> str:
 
 
 def _metric_key(summary: dict[str, Any], metric: str) -> str:
-    if metric == "format_rate":
+    if metric in ("format_rate", "success_rate"):
         return metric
     return f"{metric}@{summary['n'] if metric == 'avg' else summary['k']}"
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """One run's metrics per dataset, in percent."""
+    """One run's metrics per dataset, in percent (episode datasets in a table of their own)."""
     n, k = summary["n"], summary["k"]
     cols = [f"avg@{n}", f"pass@{k}", f"maj@{k}", "format_rate"]
+    math = [d for d in summary["datasets"].values() if d.get("kind") != "episodes"]
+    episodes = [d for d in summary["datasets"].values() if d.get("kind") == "episodes"]
+    per = "samples per problem" if math else "episodes per level"
     lines = [f"# Evaluation: {_model_name(summary)}", "",
-             f"{n} samples per problem, temperature {summary['sampling']['temperature']}, "
+             f"{n} {per}, temperature {summary['sampling']['temperature']}, "
              f"top-p {summary['sampling']['top_p']}, top-k {summary['sampling']['top_k']}, "
              f"max new tokens {summary['sampling']['max_new_tokens']}, "
              f"thinking {'on' if summary['sampling']['enable_thinking'] else 'off'}, "
-             f"prompt {summary['prompt']['mode']}; values in %.", "",
-             "| dataset | problems | samples | " + " | ".join(cols) + " | mean tokens | truncated |",
-             "|---|---:|---:|" + "---:|" * (len(cols) + 2)]
-    for d in summary["datasets"].values():
+             f"prompt {summary['prompt']['mode']}; values in %.", ""]
+    if math:
+        lines += ["| dataset | problems | samples | " + " | ".join(cols) + " | mean tokens | truncated |",
+                  "|---|---:|---:|" + "---:|" * (len(cols) + 2)]
+    for d in math:
         pending = f" ({d['pending_samples']} missing)" if d["pending_samples"] else ""
         tokens = "–" if d["mean_tokens"] is None else f"{d['mean_tokens']:.0f}"
         lines.append(f"| {d['label']} | {d['problems']} | {d['samples']}{pending} | "
                      + " | ".join(_pct(d[c]) for c in cols) + f" | {tokens} | {_pct(d['truncated_rate'])} |")
-    lines += ["", f"Average {_pct(summary['average'][f'avg@{n}'])} avg@{n} over {len(summary['datasets'])} datasets"
-              + ("" if summary["complete"] else "; INCOMPLETE: rerun the same command to finish") + "."]
+    if episodes:
+        lines += ([""] if math else []) + [
+            f"| dataset | levels | episodes | success | pass@{k} | boxes on target | mean turns | invalid actions |"
+            " failed replies |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for d in episodes:
+        pending = f" ({d['pending_episodes']} missing)" if d["pending_episodes"] else ""
+        turns = "–" if d["mean_turns"] is None else f"{d['mean_turns']:.1f}"
+        lines.append(f"| {d['label']} | {d['levels']} | {d['episodes']}{pending} | {_pct(d['success_rate'])} | "
+                     f"{_pct(d[f'pass@{k}'])} | {_pct(d['boxes_on_target'])} | {turns} | "
+                     f"{_pct(d['invalid_rate'])} | {d['failed_replies']} |")
+    unfinished = "" if summary["complete"] else "; INCOMPLETE: rerun the same command to finish"
+    if math or not episodes:
+        lines += ["", f"Average {_pct(summary['average'][f'avg@{n}'])} avg@{n} over {len(math)} datasets"
+                  + unfinished + "."]
+    if episodes:
+        lines += ["", f"Average success {_pct(summary['average'].get('success_rate'))} over {len(episodes)} episode "
+                  "datasets" + ("" if math else unfinished) + "."]
     return "\n".join(lines) + "\n"
 
 

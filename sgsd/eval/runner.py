@@ -12,20 +12,28 @@ whose thinking never closed has none), its last ``\\boxed{}`` checked by
 :func:`sgsd.verifier.grade`. Metrics: :mod:`sgsd.eval.metrics`; tables: :mod:`sgsd.eval.report`.
 
 Datasets are shipped benchmark names (``aime24``, ``aime25``, ``hmmt25``, ``amc2023`` or
-``amc23``, ``math500``) or JSONL/JSON/parquet files of ``problem``/``answer`` rows.
+``amc23``, ``math500``) or JSONL/JSON/parquet files of ``problem``/``answer`` rows; or
+episode datasets (:mod:`sgsd.eval.episodes`): ``sokoban`` (the built-in seeded test levels)
+or a parquet of episode rows from ``scripts/prepare_data.py --dataset sokoban``. An episode
+dataset's samples are whole episodes, each level played ``samples`` times in lockstep
+(:func:`sgsd.envs.play.play_episodes`: one ``generate`` call per round over the running
+episodes, at most ``batch_size`` episodes at a time, each group seeded like a batch), each
+saved as it ends; ``max_new_tokens`` bounds each turn's reply.
 
 Output folder::
 
     OUT/run.json                  what shapes every sample: model, prompt mode, sampling
     OUT/<dataset>/run.json        the dataset (name, sha256 of the file, problem count)
-    OUT/<dataset>/samples.jsonl   one line per sample (appended per batch, fsync'ed)
+    OUT/<dataset>/samples.jsonl   one line per sample (appended per batch, fsync'ed; an episode
+                                  per line, appended as it ends, for an episode dataset)
     OUT/summary.json, summary.md  metrics per dataset and their average (atomic)
     OUT/merged_model/             a merged LoRA / verl model, until the evaluation completes
 
 Resuming (both levels are :class:`sgsd.run_dir.RunDir`): rerun the same command; saved
 samples are not regenerated. A rerun whose model, prompt mode or sampling differs is
 refused, naming each difference; more datasets may be added to the same folder. A failed
-request is not saved (the rerun retries it) and the summary says ``"complete": false``.
+request is not saved (the rerun retries it) and the summary says ``"complete": false``; in
+an episode a failed request is an invalid reply (the episode goes on, and is saved).
 Sample ``j`` of problem ``p`` has index ``p * n + j``; each call is seeded with
 ``seed + `` its first index (batches are runs of consecutive indices), so on vLLM, which
 seeds request ``i`` of a call with ``seed + i``, every sample's seed is ``seed + index``.
@@ -46,6 +54,8 @@ from typing import Any
 from sgsd.atomic import atomic_write_json, atomic_write_text
 from sgsd.checks import raising
 from sgsd.datasets import BENCHMARKS, SKILL_BANKS, Problem, ProblemFileError, load_problems, resolve, source_label
+from sgsd.eval.episodes import (EPISODE_KIND, check_episode_row, episode_dataset, episode_row,
+                                episode_summary)
 from sgsd.eval.metrics import GradedSample, score_problem, verifier_equivalent
 from sgsd.eval.models import BACKENDS, ModelError, ModelSource, make_eval_client, pick_backend, prepare_model
 from sgsd.llm.base import GenerationSettings, LLMClient
@@ -57,7 +67,7 @@ __all__ = ["DATASET_LABELS", "EvalConfig", "EvalDataset", "EvalError", "EvalResu
            "final_answer_part", "load_samples", "resolve_datasets"]
 
 DATASET_LABELS = {"aime24": "AIME24", "aime25": "AIME25", "hmmt25": "HMMT25", "amc2023": "AMC23",
-                  "math500": "MATH-500"}
+                  "math500": "MATH-500", "sokoban": "Sokoban"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SAMPLES, IDENTITY, MERGED = "samples.jsonl", "run.json", "merged_model"
 
@@ -117,7 +127,17 @@ class EvalDataset:
     name: str  # output folder and table column
     source: str  # shipped name or absolute path
     sha256: str
-    problems: tuple[Problem, ...]  # after ``limit``
+    problems: tuple[Problem, ...]  # after ``limit``; empty for an episode dataset
+    levels: tuple[dict[str, Any], ...] = ()  # an episode dataset's env specs, after ``limit``
+
+    @property
+    def episodes(self) -> bool:
+        return bool(self.levels)
+
+    @property
+    def size(self) -> int:
+        """Problems, or levels of an episode dataset."""
+        return len(self.levels) if self.levels else len(self.problems)
 
 
 @dataclass
@@ -133,21 +153,29 @@ class EvalResult:
 
 
 def resolve_datasets(specs: Sequence[str], limit: int | None = None) -> list[EvalDataset]:
-    """Shipped benchmark names or problem files, each with a reference answer per row."""
+    """Shipped benchmark names or problem files, each with a reference answer per row; or
+    episode datasets (``sokoban``, a parquet of episode rows)."""
     out: list[EvalDataset] = []
     for spec in specs:
+        try:
+            episodes = episode_dataset(spec, limit)
+        except ImportError as exc:  # the environment's own dependency (TextArena for Sokoban)
+            raise EvalError(f"dataset {spec!r}: {exc}") from None
         path = resolve(spec, "benchmark")
-        if not path.is_file():
+        if episodes is None and not path.is_file():
             raise EvalError(f"dataset {spec!r}: no such file, and not a shipped benchmark "
-                            f"({', '.join(BENCHMARKS)}, amc23)")
-        name, source = path.stem, source_label(path)
+                            f"({', '.join(BENCHMARKS)}, amc23) nor the built-in sokoban levels")
+        name = episodes[0] if episodes else path.stem
         if not _NAME_RE.match(name):
             raise EvalError(f"dataset {spec!r}: its name {name!r} is not usable as a folder name")
         if any(d.name == name for d in out):
             raise EvalError(f"two datasets are named {name!r}: rename one file")
+        if episodes is not None:
+            out.append(EvalDataset(name, episodes[1], episodes[2], (), episodes[3]))
+            continue
         problems = load_problems(path, require_answer=True)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        out.append(EvalDataset(name, source, digest, tuple(problems[:limit] if limit else problems)))
+        out.append(EvalDataset(name, source_label(path), digest, tuple(problems[:limit] if limit else problems)))
     if not out:
         raise EvalError("no dataset given")
     return out
@@ -179,18 +207,20 @@ def _identity(model: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
 
 
 def _dataset_identity(ds: EvalDataset) -> dict[str, Any]:
-    return {"dataset": ds.name, "source": ds.source, "sha256": ds.sha256, "problems": len(ds.problems)}
+    identity = {"dataset": ds.name, "source": ds.source, "sha256": ds.sha256, "problems": ds.size}
+    return {**identity, "kind": EPISODE_KIND} if ds.episodes else identity  # math folders keep their identity
 
 
 def load_samples(run: RunDir, problems: int, samples: int,
-                 log: list[dict[str, Any]] | None = None) -> dict[int, dict[str, Any]]:
+                 log: list[dict[str, Any]] | None = None, *, episodes: bool = False) -> dict[int, dict[str, Any]]:
     """The saved samples of one dataset folder (``log``: its rows, already read) by index,
-    checked against its shape."""
+    checked against its shape (``episodes``: the lines are episodes, each with its outcome)."""
     rows: dict[int, dict[str, Any]] = {}
     for row in run.read_log(SAMPLES) if log is None else log:
         p, j = row.get("problem_index"), row.get("sample")
         if not (isinstance(p, int) and isinstance(j, int) and 0 <= p < problems and 0 <= j < samples
-                and row["index"] == p * samples + j and isinstance(row.get("correct"), bool)):
+                and row["index"] == p * samples + j and isinstance(row.get("correct"), bool)
+                and (not episodes or check_episode_row(row))):
             raise EvalError(f"{run.path / SAMPLES}: record {row['index']} does not fit {problems} problems x "
                             f"{samples} samples; the folder holds another evaluation")
         rows.setdefault(row["index"], row)
@@ -220,6 +250,9 @@ def evaluate(out_dir: str | Path, source: ModelSource | None, datasets: Sequence
             source = source.resolved()
         model = model_identity or (source.identity() if source else {"client": getattr(client, "name", "?")})
         chosen = resolve_datasets(datasets, config.limit)
+        if config.skills is not None and any(ds.episodes for ds in chosen):
+            raise EvalError("--skills (Base+Skill prompts) is for math datasets; "
+                            f"{', '.join(ds.name for ds in chosen if ds.episodes)} is an episode dataset")
         identity = _identity(model, config)
         top = RunDir(out, IDENTITY, what="evaluation")
         saved_any = any(p.stat().st_size > 0 for p in out.glob(f"*/{SAMPLES}"))
@@ -230,7 +263,7 @@ def evaluate(out_dir: str | Path, source: ModelSource | None, datasets: Sequence
             log = run.read_log(SAMPLES)
             if not run.check_identity(_dataset_identity(ds), has_records=bool(log), informational=("source",)):
                 fresh.append(ds)
-            done[ds.name] = load_samples(run, len(ds.problems), config.samples, log)
+            done[ds.name] = load_samples(run, ds.size, config.samples, log, episodes=ds.episodes)
     except (RunDirError, ModelError, ProblemFileError) as exc:
         raise EvalError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
@@ -240,11 +273,12 @@ def evaluate(out_dir: str | Path, source: ModelSource | None, datasets: Sequence
         runs[ds.name].save_identity(_dataset_identity(ds))
 
     n = config.samples
-    todo = {ds.name: [i for i in range(len(ds.problems) * n) if i not in done[ds.name]] for ds in chosen}
+    todo = {ds.name: [i for i in range(ds.size * n) if i not in done[ds.name]] for ds in chosen}
+    math, episodic = [ds for ds in chosen if not ds.episodes], [ds for ds in chosen if ds.episodes]
     generated = failed = 0
     backend_used = None
     if any(todo.values()):
-        prompts = _prompts(chosen, todo, config, encoder)
+        prompts = _prompts(math, todo, config, encoder)
         if client is None:
             try:
                 path = prepare_model(source, out / MERGED, log=lambda m: print(f"sgsd eval: {m}", file=sys.stderr))
@@ -252,7 +286,8 @@ def evaluate(out_dir: str | Path, source: ModelSource | None, datasets: Sequence
                 client = make_eval_client(path, backend_used, backend_options)
             except ModelError as exc:
                 raise EvalError(str(exc)) from None
-        generated, failed = _generate(client, chosen, todo, prompts, runs, done, config, progress)
+        generated, failed = _generate(client, math, todo, prompts, runs, done, config, progress)
+        generated += _play(client, episodic, todo, runs, done, config, progress)
     result = EvalResult(out, write_summary(out, config, backend=backend_used,
                                            client=getattr(client, "name", None) if client else None,
                                            this_run={"generated": generated, "failed": failed,
@@ -312,8 +347,8 @@ def _generate(client: LLMClient, chosen: list[EvalDataset], todo: dict[str, list
 
     n = config.samples
     generated = failed = 0
-    bar = tqdm(total=sum(map(len, todo.values())), desc="eval", unit="sample", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=sum(len(todo[ds.name]) for ds in chosen), desc="eval", unit="sample", file=sys.stderr,
+               disable=not progress or not chosen, dynamic_ncols=True)
     try:
         with ThreadPoolExecutor(max_workers=4) as pool:
             for ds in chosen:
@@ -349,6 +384,40 @@ def _generate(client: LLMClient, chosen: list[EvalDataset], todo: dict[str, list
     finally:
         bar.close()
     return generated, failed
+
+
+def _play(client: LLMClient, chosen: list[EvalDataset], todo: dict[str, list[int]], runs: dict[str, RunDir],
+          done: dict[str, dict[int, dict[str, Any]]], config: EvalConfig, progress: bool) -> int:
+    """Play the pending episodes of episode datasets, ``batch_size`` at a time in lockstep;
+    each is saved (and counted) as it ends, so an interruption loses only those running."""
+    from tqdm.auto import tqdm
+
+    from sgsd.envs.play import play_episodes
+
+    n = config.samples
+    saved = 0
+    bar = tqdm(total=sum(len(todo[ds.name]) for ds in chosen), desc="episodes", unit="episode", file=sys.stderr,
+               disable=not progress or not chosen, dynamic_ncols=True)
+    try:
+        for ds in chosen:
+            bar.set_description(f"eval {ds.name}")
+            pending = todo[ds.name]
+            for start in range(0, len(pending), config.batch_size):
+                group = pending[start:start + config.batch_size]
+
+                def save(play: Any, ds: EvalDataset = ds, group: list[int] = group) -> None:
+                    nonlocal saved
+                    row = episode_row(ds.name, group[play.index], n, play)
+                    runs[ds.name].append_log(SAMPLES, [row])
+                    done[ds.name][row["index"]] = row
+                    saved += 1
+                    bar.update(1)
+
+                play_episodes(client, [ds.levels[i // n] for i in group], config.generation(config.seed + group[0]),
+                              on_episode=save)
+    finally:
+        bar.close()
+    return saved
 
 
 # --------------------------------------------------------------------- summary
@@ -387,15 +456,21 @@ def write_summary(out: Path, config: EvalConfig, *, backend: str | None = None, 
     for folder in sorted(p.parent for p in out.glob(f"*/{IDENTITY}")):
         run = RunDir(folder, IDENTITY)
         ds_identity = json.loads(run.identity_path.read_text(encoding="utf-8"))
-        rows = load_samples(run, ds_identity["problems"], n)
-        datasets[folder.name] = _dataset_summary(ds_identity, rows, n, k)
-    scored = [d[f"avg@{n}"] for d in datasets.values() if d[f"avg@{n}"] is not None]
+        episodes = ds_identity.get("kind") == EPISODE_KIND
+        rows = load_samples(run, ds_identity["problems"], n, episodes=episodes)
+        datasets[folder.name] = (episode_summary(ds_identity, rows, n, k, DATASET_LABELS.get(folder.name, folder.name))
+                                 if episodes else _dataset_summary(ds_identity, rows, n, k))
+    scored = [d[f"avg@{n}"] for d in datasets.values() if d.get(f"avg@{n}") is not None]
+    average: dict[str, Any] = {f"avg@{n}": sum(scored) / len(scored) if scored else None}
+    if any(d.get("kind") == EPISODE_KIND for d in datasets.values()):
+        solved = [d["success_rate"] for d in datasets.values() if d.get("success_rate") is not None]
+        average["success_rate"] = sum(solved) / len(solved) if solved else None
     if backend is None and (out / "summary.json").exists():  # nothing generated now: keep what generated
         previous = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         backend, client = previous.get("backend"), previous.get("client")
     summary = {**identity, "n": n, "k": k, "backend": backend, "client": client,
-               "complete": all(d["pending_samples"] == 0 for d in datasets.values()),
-               "datasets": datasets, "average": {f"avg@{n}": sum(scored) / len(scored) if scored else None},
+               "complete": all(d.get("pending_samples", d.get("pending_episodes")) == 0 for d in datasets.values()),
+               "datasets": datasets, "average": average,
                "this_run": this_run or {}}
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", summary_markdown(summary))

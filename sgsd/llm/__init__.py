@@ -4,7 +4,7 @@ Every backend module imports its heavy library (torch/transformers, vllm, httpx)
 its functions, so importing this package stays cheap.
 """
 
-from sgsd.llm.base import Completion, GenerationSettings, LLMClient, LLMStats
+from sgsd.llm.base import Completion, GenerationSettings, LLMClient, LLMStats, Prompt, as_messages
 from sgsd.llm.factory import make_client
 from sgsd.llm.openai_client import OpenAICompatibleClient
 from sgsd.llm.scripted import ScriptedClient
@@ -17,8 +17,10 @@ __all__ = [
     "LLMClient",
     "LLMStats",
     "OpenAICompatibleClient",
+    "Prompt",
     "ScriptedClient",
     "TransformersClient",
     "VLLMClient",
+    "as_messages",
     "make_client",
 ]

@@ -4,17 +4,72 @@ The cold-start builder, the hierarchical merger and the online updater only ever
 :meth:`LLMClient.generate` with a batch of chat prompts. A client never raises for a
 single failed request: it returns a :class:`Completion` with ``text=None`` and the error,
 and counts it in :attr:`LLMClient.stats`, so one bad request cannot crash a training run.
+
+A prompt (:data:`Prompt`) is a string, one user message, or a whole conversation: a
+sequence of ``{"role": "user" | "assistant" | "system", "content": str}`` messages (a
+multi-turn episode's history). :func:`as_messages` turns either into the message list
+every backend sends; a malformed conversation is the caller's bug, refused with a
+``ValueError`` naming the prompt and message, before anything is generated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Union, runtime_checkable
 
 from sgsd.checks import check, check_int
 
-__all__ = ["Completion", "GenerationSettings", "LLMClient", "LLMStats"]
+__all__ = ["ROLES", "Completion", "GenerationSettings", "LLMClient", "LLMStats", "Prompt", "as_messages",
+           "check_prompts"]
+
+# A string (one user message) or a conversation of chat messages, oldest first.
+Prompt = Union[str, Sequence[Mapping[str, str]]]
+ROLES = ("system", "user", "assistant")
+
+
+def as_messages(prompt: Prompt, where: str = "prompt") -> list[dict[str, str]]:
+    """The chat messages of ``prompt``: a string is one user message; a conversation is
+    copied (its messages hold exactly ``role`` and ``content``).
+
+    Raises:
+        ValueError: an empty conversation, a message that is not a mapping, a role not in
+            :data:`ROLES`, content that is not a string, or keys other than those two;
+            the message names ``where`` and the message's position.
+    """
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, (bytes, Mapping)) or not isinstance(prompt, Sequence):
+        raise ValueError(f"{where}: a prompt is a string or a sequence of chat messages, got {type(prompt).__name__}")
+    if not prompt:
+        raise ValueError(f"{where}: an empty conversation has nothing to answer")
+    messages = []
+    for i, message in enumerate(prompt):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"{where}: message {i} is a {type(message).__name__}, not a "
+                             "{'role': ..., 'content': ...} mapping")
+        extra = sorted(set(message) - {"role", "content"})
+        if extra:
+            raise ValueError(f"{where}: message {i} has key(s) {extra}; a chat message holds only role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise ValueError(f"{where}: message {i} has role {role!r}; roles: {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise ValueError(f"{where}: message {i} ({role}) has content of type {type(content).__name__}, "
+                             "not a string")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def check_prompts(prompts: Iterable[Prompt]) -> list[Prompt]:
+    """``prompts`` as a list, each checked by :func:`as_messages` (``ValueError`` naming the
+    first bad one; a lone string, which would be read as one prompt per character, too)."""
+    if isinstance(prompts, (str, bytes)):
+        raise ValueError("prompts is a single string: pass a list of prompts")
+    prompts = list(prompts)
+    for i, prompt in enumerate(prompts):
+        as_messages(prompt, f"prompt {i}")
+    return prompts
 
 
 @dataclass(frozen=True)
@@ -86,11 +141,14 @@ class LLMStats:
 class LLMClient(Protocol):
     """``generate(prompts)`` -> one :class:`Completion` per prompt, in order.
 
-    Each prompt is a user message; the client applies the model's chat template (with
-    ``settings.enable_thinking``) where the backend needs it.
+    Each prompt is a :data:`Prompt`: a string (one user message) or a conversation of
+    chat messages, answered with the next assistant turn. The client applies the model's
+    chat template (generation prompt added, ``settings.enable_thinking`` passed) where
+    the backend needs it; an OpenAI-compatible server gets the messages as given.
+    A malformed conversation raises ``ValueError`` (see :func:`as_messages`).
     """
 
     name: str
     stats: LLMStats
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[Completion]: ...
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings | None = None) -> list[Completion]: ...

@@ -1,6 +1,7 @@
 """An OpenAI-compatible chat endpoint as the skill writer (a vLLM server or a hosted API).
 
-Each prompt becomes one ``POST {base_url}/chat/completions`` with a single user message.
+Each prompt becomes one ``POST {base_url}/chat/completions``: a string as a single user
+message, a conversation with its messages as given.
 Requests run concurrently (at most ``concurrency`` in flight), each with its own deadline,
 and transient failures (connection errors, timeouts, 429, 5xx) are retried with
 exponential backoff; a 4xx other than 429 is the request's own fault and is not retried.
@@ -24,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from sgsd.llm.base import Completion, GenerationSettings, LLMStats
+from sgsd.llm.base import Completion, GenerationSettings, LLMStats, Prompt, as_messages, check_prompts
 
 __all__ = ["OpenAICompatibleClient", "chat_completions_url"]
 
@@ -122,11 +123,11 @@ class OpenAICompatibleClient:
         return (f"OpenAICompatibleClient(url={self.url!r}, model={self.model!r}, "
                 f"api_key_env={self.api_key_env!r} ({key_state}), concurrency={self.concurrency})")
 
-    def request_body(self, prompt: str, settings: GenerationSettings) -> dict[str, Any]:
-        """The JSON body sent for one prompt."""
+    def request_body(self, prompt: Prompt, settings: GenerationSettings) -> dict[str, Any]:
+        """The JSON body sent for one prompt (``ValueError`` for a malformed conversation)."""
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
+            "messages": as_messages(prompt),
             "max_tokens": settings.max_new_tokens,
             "temperature": max(float(settings.temperature), 0.0),
             "top_p": float(settings.top_p),
@@ -142,8 +143,9 @@ class OpenAICompatibleClient:
         body.update(self.extra_body)
         return body
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[Completion]:
-        """One :class:`Completion` per prompt, in order; never raises for failed requests.
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings | None = None) -> list[Completion]:
+        """One :class:`Completion` per prompt, in order; never raises for failed requests
+        (a malformed conversation raises ``ValueError`` before any request is sent).
 
         Safe to call from code that already runs an event loop (e.g. inside a Ray async
         actor): the requests then run on a loop in a helper thread.
@@ -155,13 +157,14 @@ class OpenAICompatibleClient:
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             return pool.submit(asyncio.run, self.agenerate(prompts, settings)).result()
 
-    async def agenerate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[Completion]:
+    async def agenerate(self, prompts: Sequence[Prompt],
+                        settings: GenerationSettings | None = None) -> list[Completion]:
         """The coroutine behind :meth:`generate`, for callers with their own event loop."""
         import httpx
         from tqdm.auto import tqdm
 
         settings = settings or GenerationSettings()
-        prompts = list(prompts)
+        prompts = check_prompts(prompts)
         self.stats.requests += len(prompts)
         headers = {"Content-Type": "application/json"}
         if self._api_key is not None:
@@ -172,7 +175,7 @@ class OpenAICompatibleClient:
                    disable=not self.show_progress or len(prompts) <= self.concurrency)
 
         async with httpx.AsyncClient(headers=headers, limits=limits, timeout=settings.timeout_s) as http:
-            async def one(prompt: str) -> Completion:
+            async def one(prompt: Prompt) -> Completion:
                 async with semaphore:
                     completion = await self._request_with_retries(http, prompt, settings)
                 bar.update(1)
@@ -183,7 +186,7 @@ class OpenAICompatibleClient:
             finally:
                 bar.close()
 
-    async def _request_with_retries(self, http: Any, prompt: str, settings: GenerationSettings) -> Completion:
+    async def _request_with_retries(self, http: Any, prompt: Prompt, settings: GenerationSettings) -> Completion:
         body = self.request_body(prompt, settings)
         max_attempts = 1 + max(settings.max_retries, 0)
         for attempt in range(1, max_attempts + 1):

@@ -2,7 +2,10 @@
 
 Where no real model can run (or a test needs an exact reply, e.g. malformed JSON), the
 cold-start builder, merger and updater take this client instead. It records every prompt
-and settings object it receives, so a test can also check what was asked.
+and settings object it receives, so a test can also check what was asked. A prompt may be
+a conversation (:data:`sgsd.llm.base.Prompt`): it is checked like the real clients check
+it, and recorded (and shown to a reply function) as a copy of its messages, so a caller
+that goes on extending its conversation does not rewrite what was recorded.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Union
 
-from sgsd.llm.base import Completion, GenerationSettings, LLMStats
+from sgsd.llm.base import Completion, GenerationSettings, LLMStats, Prompt, as_messages, check_prompts
 
 __all__ = ["Reply", "ScriptedClient"]
 
@@ -23,7 +26,8 @@ class ScriptedClient:
 
     Args:
         replies: either replies consumed one per prompt across calls (running out fails the
-            extra requests with ``"exhausted"``), or a function ``prompt -> reply``. A reply
+            extra requests with ``"exhausted"``), or a function ``prompt -> reply`` (a
+            string prompt as given, a conversation as a list of message dicts). A reply
             is a string, ``None`` (a failed request), or an exception instance (a failed
             request of kind ``type(exc).__name__``). A function that raises fails that
             request the same way: like every client, this one never raises from
@@ -32,14 +36,14 @@ class ScriptedClient:
         name: the client's name in stats and bank metadata.
     """
 
-    def __init__(self, replies: Iterable[Reply] | Callable[[str], Reply], name: str = "scripted") -> None:
+    def __init__(self, replies: Iterable[Reply] | Callable[[Prompt], Reply], name: str = "scripted") -> None:
         if isinstance(replies, str):
             raise TypeError("replies must be a list of replies or a function, not a single string")
         self.name = name
         self.stats = LLMStats()
-        self._reply_fn: Callable[[str], Reply] | None = replies if callable(replies) else None
+        self._reply_fn: Callable[[Prompt], Reply] | None = replies if callable(replies) else None
         self._queue: list[Reply] = [] if callable(replies) else list(replies)
-        self.prompts: list[str] = []
+        self.prompts: list[Prompt] = []  # a conversation as a copy of its messages
         self.settings: list[GenerationSettings] = []  # one per generate() call
 
     def __repr__(self) -> str:
@@ -51,17 +55,19 @@ class ScriptedClient:
         """Scripted replies not yet used (0 for a function)."""
         return len(self._queue)
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[Completion]:
-        """One :class:`Completion` per prompt, in order."""
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings | None = None) -> list[Completion]:
+        """One :class:`Completion` per prompt, in order (``ValueError`` for a malformed conversation)."""
+        prompts = check_prompts(prompts)
         self.settings.append(settings or GenerationSettings())
         completions = []
         for prompt in prompts:
+            prompt = prompt if isinstance(prompt, str) else as_messages(prompt)
             self.prompts.append(prompt)
             self.stats.requests += 1
             completions.append(self._complete(prompt))
         return completions
 
-    def _complete(self, prompt: str) -> Completion:
+    def _complete(self, prompt: Prompt) -> Completion:
         if self._reply_fn is not None:
             try:
                 reply = self._reply_fn(prompt)

@@ -1,9 +1,10 @@
 """Local ``transformers`` generation: the skill writer on the machine that runs the code.
 
 Used for CPU demos, tests on the tiny Qwen3, and small GPU jobs where starting a vLLM
-engine is not worth it. Prompts are rendered with the tokenizer's chat template (one user
-message each, ``enable_thinking`` passed to the template), batched with left padding so
-every row's new tokens start at the same column, and decoded without special tokens.
+engine is not worth it. Prompts are rendered with the tokenizer's chat template (a string
+as one user message, a conversation as its messages; the assistant turn opened,
+``enable_thinking`` passed to the template), batched with left padding so every row's new
+tokens start at the same column, and decoded without special tokens.
 
 torch and transformers are imported inside the methods: ``import sgsd.llm`` stays light.
 """
@@ -16,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sgsd.llm.base import Completion, GenerationSettings, LLMStats
+from sgsd.llm.base import Completion, GenerationSettings, LLMStats, Prompt, as_messages, check_prompts
 
 __all__ = ["TransformersClient", "generate_kwargs"]
 
@@ -100,16 +101,19 @@ class TransformersClient:
     def __repr__(self) -> str:
         return f"TransformersClient(name={self.name!r}, device={self.device!r}, batch_size={self.batch_size})"
 
-    def render_prompts(self, prompts: Sequence[str], enable_thinking: bool = False) -> list[str]:
-        """The exact text fed to the model: each prompt as one user turn, assistant turn opened.
+    def render_prompts(self, prompts: Sequence[Prompt], enable_thinking: bool = False) -> list[str]:
+        """The exact text fed to the model: each prompt's messages (a string: one user turn)
+        through the chat template, the assistant turn opened.
 
-        A tokenizer without a chat template (a base model) gets the prompt unchanged.
+        A tokenizer without a chat template (a base model) gets a string prompt unchanged;
+        a conversation then has no rendering and raises ``ValueError``.
         """
         if not getattr(self.tokenizer, "chat_template", None):
+            self._check_renderable(prompts)
             return list(prompts)
         return [
             self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
+                as_messages(prompt),
                 tokenize=False,
                 add_generation_prompt=True,
                 enable_thinking=enable_thinking,
@@ -117,12 +121,18 @@ class TransformersClient:
             for prompt in prompts
         ]
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[Completion]:
-        """One :class:`Completion` per prompt, in order; never raises for a failed batch."""
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings | None = None) -> list[Completion]:
+        """One :class:`Completion` per prompt, in order; never raises for a failed batch.
+
+        Raises ``ValueError`` before generating for a malformed conversation, or for a
+        conversation when the tokenizer has no chat template (the caller's bug).
+        """
         from tqdm.auto import tqdm
 
         settings = settings or GenerationSettings()
-        prompts = list(prompts)
+        prompts = check_prompts(prompts)
+        if not getattr(self.tokenizer, "chat_template", None):
+            self._check_renderable(prompts)
         self.stats.requests += len(prompts)
         starts = range(0, len(prompts), self.batch_size)
         bar = tqdm(starts, desc=f"generate ({self.name})", unit="batch",
@@ -133,7 +143,13 @@ class TransformersClient:
             completions.extend(self._generate_batch(batch, settings, batch_index))
         return completions
 
-    def _generate_batch(self, prompts: list[str], settings: GenerationSettings, batch_index: int,
+    def _check_renderable(self, prompts: Sequence[Prompt]) -> None:
+        """Without a chat template only string prompts have a rendering."""
+        if any(not isinstance(prompt, str) for prompt in prompts):
+            raise ValueError(f"{self.name}: the tokenizer has no chat template, so a conversation prompt "
+                             "cannot be rendered; use a chat model or string prompts")
+
+    def _generate_batch(self, prompts: list[Prompt], settings: GenerationSettings, batch_index: int,
                         attempts: int = 1) -> list[Completion]:
         """Generate one batch; OOM splits it in halves, any other error fails it whole."""
         try:
@@ -156,7 +172,7 @@ class TransformersClient:
                 self.stats.record_failure(kind)
             return [Completion(text=None, error=f"{kind}: {exc}", attempts=attempts) for _ in prompts]
 
-    def _run_generate(self, prompts: list[str], settings: GenerationSettings, batch_index: int,
+    def _run_generate(self, prompts: list[Prompt], settings: GenerationSettings, batch_index: int,
                       attempts: int) -> list[Completion]:
         import torch
 

@@ -10,7 +10,9 @@ API used, the same in vLLM's 0.9-era and its recent renderer-based ``LLM`` (read
 sources; the pinned 0.24 could not be run here): ``LLM(model=..., tensor_parallel_size=...,
 gpu_memory_utilization=..., max_model_len=..., **engine_args)``;
 ``LLM.chat(conversations, sampling_params=..., use_tqdm=..., chat_template_kwargs={...})``
-(``sampling_params`` one object, or a list with one per conversation) returning one
+(each conversation a list of ``{"role", "content"}`` messages, rendered with the
+tokenizer's chat template and the assistant turn opened; ``sampling_params`` one object,
+or a list with one per conversation) returning one
 ``RequestOutput`` per conversation, the reply in ``outputs[0].text``, its tokens in
 ``outputs[0].token_ids`` and ``outputs[0].finish_reason`` ("stop" / "length" / "abort");
 ``SamplingParams(n, max_tokens, temperature, top_p, top_k, seed)``.
@@ -22,7 +24,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sgsd.llm.base import Completion, GenerationSettings, LLMStats
+from sgsd.llm.base import Completion, GenerationSettings, LLMStats, Prompt, as_messages, check_prompts
 
 __all__ = ["VLLM_INSTALL_HINT", "VLLMClient", "sampling_params_kwargs"]
 
@@ -102,15 +104,17 @@ class VLLMClient:
     def __repr__(self) -> str:
         return f"VLLMClient(name={self.name!r})"
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[Completion]:
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings | None = None) -> list[Completion]:
         """One :class:`Completion` per prompt, in order; never raises for failed requests.
 
+        Each prompt goes to ``LLM.chat`` as a conversation (a string as one user message).
         The whole call goes to the engine at once (it schedules and batches by itself).
         If the engine rejects the call (e.g. one prompt longer than ``max_model_len``),
-        each prompt is retried alone so only the bad ones fail.
+        each prompt is retried alone so only the bad ones fail. A malformed conversation
+        raises ``ValueError`` before anything is sent.
         """
         settings = settings or GenerationSettings()
-        prompts = list(prompts)
+        prompts = check_prompts(prompts)
         self.stats.requests += len(prompts)
         if not prompts:
             return []
@@ -141,9 +145,9 @@ class VLLMClient:
             return self._sampling_params_cls(**kwargs)
         return [self._sampling_params_cls(**{**kwargs, "seed": int(settings.seed) + i}) for i in range(count)]
 
-    def _chat(self, prompts: list[str], params: Any, settings: GenerationSettings,
+    def _chat(self, prompts: list[Prompt], params: Any, settings: GenerationSettings,
               attempts: int) -> list[Completion]:
-        conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
+        conversations = [as_messages(prompt) for prompt in prompts]
         outputs = self.llm.chat(
             conversations,
             sampling_params=params,

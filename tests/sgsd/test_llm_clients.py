@@ -77,6 +77,38 @@ def test_scripted_function_replies() -> None:
         ScriptedClient("a single string")
 
 
+def test_scripted_conversations_are_recorded_as_they_were_asked() -> None:
+    seen = []
+
+    def reply(prompt: Any) -> str:
+        seen.append(prompt)
+        return f"turn {len(prompt) // 2 + 1}" if isinstance(prompt, list) else prompt.upper()
+
+    client = ScriptedClient(reply)
+    conversation = [{"role": "user", "content": "start"}]
+    first = client.generate([conversation, "plain"])
+    conversation += [{"role": "assistant", "content": first[0].text}, {"role": "user", "content": "next"}]
+    second = client.generate([conversation])
+    assert [c.text for c in first + second] == ["turn 1", "PLAIN", "turn 2"]
+    # the first call's conversation is recorded as it was then, not as it grew afterwards
+    assert client.prompts == [[{"role": "user", "content": "start"}], "plain", conversation]
+    assert seen == client.prompts and client.prompts[2] is not conversation
+    with pytest.raises(ValueError, match="prompt 0: message 1 has role 'robot'"):
+        client.generate([[{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]])
+    assert client.stats.requests == 3
+
+
+def test_as_messages_reads_strings_and_conversations() -> None:
+    from sgsd.llm import as_messages
+
+    assert as_messages("hi") == [{"role": "user", "content": "hi"}]
+    history = ({"role": "system", "content": "s"}, {"role": "user", "content": "u"})
+    copied = as_messages(history)
+    assert copied == [dict(m) for m in history] and copied[0] is not history[0]
+    with pytest.raises(ValueError, match="turn 3: message 0 is a str"):
+        as_messages(["not a message"], "turn 3")
+
+
 # ----------------------------------------------------------------------------- factory
 
 def test_parse_spec_forms() -> None:

@@ -49,6 +49,20 @@ def test_openai_request_shape_and_order(server: ChatServer, api_key: str) -> Non
     assert client.stats.requests == 3 and client.stats.failures == 0
 
 
+def test_openai_sends_a_conversation_as_given(server: ChatServer) -> None:
+    server.behaviour = lambda body, headers, attempt: (
+        200, ok_reply(f"{len(body['messages'])} messages, last: {body['messages'][-1]['content']}"), 0.0, {})
+    conversation = [{"role": "system", "content": "rules"}, {"role": "user", "content": "board 1"},
+                    {"role": "assistant", "content": "<answer>left</answer>"}, {"role": "user", "content": "board 2"}]
+    out = _client(server).generate([conversation, "alone"])
+    assert [c.text for c in out] == ["4 messages, last: board 2", "1 messages, last: alone"]
+    sent = {body["messages"][-1]["content"]: body["messages"] for _, body, _ in server.requests}
+    assert sent["board 2"] == conversation and sent["alone"] == [{"role": "user", "content": "alone"}]
+    with pytest.raises(ValueError, match="prompt 0: message 1 has role 'tool'"):
+        _client(server).generate([[{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]])
+    assert len(server.requests) == 2  # the malformed call sent nothing
+
+
 def test_openai_without_key_or_vllm_extras(server: ChatServer) -> None:
     client = _client(server, vllm_extras=False, extra_body={"min_p": 0.05})
     assert client.generate(["x"], GenerationSettings(top_k=20))[0].text == "echo: x"

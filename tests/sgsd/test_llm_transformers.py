@@ -148,6 +148,56 @@ def test_render_prompts_applies_chat_template_with_enable_thinking(fresh: Transf
     assert on == "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n"
 
 
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Solve $x + 1 = 2$."},
+                {"role": "assistant", "content": "x = 1"}, {"role": "user", "content": "And $2x = 4$?"}]
+
+
+def test_render_prompts_renders_a_conversation_turn_by_turn(fresh: TransformersClient) -> None:
+    rendered = fresh.render_prompts([CONVERSATION], enable_thinking=False)[0]
+    assert rendered == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nSolve $x + 1 = 2$.<|im_end|>\n"
+                        "<|im_start|>assistant\nx = 1<|im_end|>\n<|im_start|>user\nAnd $2x = 4$?<|im_end|>\n"
+                        + THINK_OFF_SUFFIX)
+    # a one-message conversation is the string prompt
+    assert fresh.render_prompts([[{"role": "user", "content": "hi"}]], True) == fresh.render_prompts(["hi"], True)
+
+
+def test_generate_answers_conversations_next_to_strings(fresh: TransformersClient,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy_generate(fresh, monkeypatch)
+    prompts = [CONVERSATION, "hi", [{"role": "user", "content": "hi"}]]
+    out = fresh.generate(prompts, GREEDY)  # batches [conversation, "hi"] and [the same "hi" as a conversation]
+    fed = [fresh.tokenizer.decode(row, skip_special_tokens=False).replace(fresh.tokenizer.pad_token, "")
+           for input_ids, _ in calls for row in input_ids.tolist()]
+    assert fed == fresh.render_prompts(prompts)
+    assert all(c.ok for c in out) and out[1].text == out[2].text
+    # the whole history is read: the last user message alone gets another reply
+    alone = fresh.generate([CONVERSATION[-1]["content"]], GREEDY)[0].text
+    assert out[0].text != alone
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ([], "prompt 1: an empty conversation"),
+    ([{"role": "tool", "content": "x"}], "prompt 1: message 0 has role 'tool'"),
+    ([{"role": "user", "content": 3}], "prompt 1: message 0 \\(user\\) has content of type int"),
+    ([{"role": "user", "content": "x", "name": "me"}], r"prompt 1: message 0 has key\(s\) \['name'\]"),
+    ({"role": "user", "content": "x"}, "prompt 1: a prompt is a string or a sequence of chat messages, got dict"),
+])
+def test_a_malformed_conversation_is_refused_before_generating(fresh: TransformersClient, prompt: Any,
+                                                               message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        fresh.generate(["hi", prompt], GREEDY)
+    assert fresh.stats.requests == 0
+    with pytest.raises(ValueError, match="a single string"):
+        fresh.generate("hi", GREEDY)
+
+
+def test_a_conversation_needs_a_chat_template(fresh: TransformersClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fresh.tokenizer, "chat_template", None)
+    assert fresh.render_prompts(["hi"]) == ["hi"]  # a base model: string prompts as they are
+    with pytest.raises(ValueError, match="no chat template"):
+        fresh.generate(["hi", CONVERSATION], GREEDY)
+
+
 @pytest.mark.parametrize("thinking", [False, True])
 def test_generate_feeds_the_rendered_prompts(fresh: TransformersClient, monkeypatch: pytest.MonkeyPatch,
                                              thinking: bool) -> None:

@@ -87,6 +87,21 @@ def test_vllm_client_drives_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     assert client.stats.requests == 2 and client.stats.errors == {"abort": 1}
 
 
+def test_vllm_chats_a_conversation_as_its_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    client = VLLMClient("m")
+    conversation = ({"role": "user", "content": "board 1"}, {"role": "assistant", "content": "up"},
+                    {"role": "user", "content": "board 2"})
+    out = client.generate([conversation, "b"], GenerationSettings(enable_thinking=True))
+    assert [c.text for c in out] == ["reply to board 1", "reply to b"]  # the stand-in answers the first message
+    (call,) = fake.chats
+    assert call["messages"] == [[dict(m) for m in conversation], [{"role": "user", "content": "b"}]]
+    with pytest.raises(ValueError, match="prompt 1: an empty conversation"):
+        client.generate(["a", []])
+    assert len(fake.chats) == 1
+
+
 def test_vllm_seeds_each_request_apart_and_reports_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     """One shared seed would make repeated prompts (n samples of a problem) identical."""
     fake = _FakeVLLM(fail_batches=True)
