@@ -25,6 +25,10 @@ sdar.png          SDAR's gate: ``sgsd/sdar/loss`` and ``sgsd/sdar/token_loss``;
                   ``sgsd/sdar/gap_mean`` (mean log pi_T - log pi_theta)
 rlsd.png          RLSD's advantage reweighting: ``sgsd/rlsd/lambda`` (the decaying mixing weight),
                   ``sgsd/rlsd/weight_mean``, ``sgsd/rlsd/weight_clipped_frac`` (at ``1 ± eps``)
+episodes.png      multi-turn episodes (``recipe.sgsd.agent_loop``, any estimator): success
+                  ``episode/solved`` and the partial measure ``episode/boxes_on_target``; turns per
+                  episode ``episode/turns``; ``episode/invalid_rate`` and ``episode/truncated``
+                  (the trajectory's token budget spent)
 teachers.png      ``sgsd/teachers_per_problem`` (scored by the loss) and
                   ``sgsd/teachers_per_problem_retrieved``
 bank.png          static and dynamic items per collection: ``sgsd/bank/<collection>_<origin>``,
@@ -67,8 +71,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["PANELS", "PlotError", "Rendered", "build_figures", "render"]
 
-PANELS = ("training", "polarity", "support", "gate_loss", "skill_sd", "sdar", "rlsd", "teachers", "bank",
-          "utility")
+PANELS = ("training", "polarity", "support", "gate_loss", "skill_sd", "sdar", "rlsd", "episodes", "teachers",
+          "bank", "utility")
 COLLECTIONS = ("general_skills", "common_mistakes")
 CATEGORY_COLOURS = {"helpful": "#2ca02c", "warning": "#1f77b4", "over_suppressive": "#ff7f0e",
                     "misleading": "#d62728", "neutral": "#9a9a9a"}
@@ -305,6 +309,26 @@ def _rlsd(runs):
     return fig, missing
 
 
+def _episodes(runs):
+    """Episode outcomes, for every run that logs them (a GRPO run too: the trainer logs them)."""
+    subplots = [
+        ("Success", "share of episodes",
+         [("episode/solved", "solved", "-"), ("episode/boxes_on_target", "boxes on targets (partial)", "--")]),
+        ("Turns per episode", "turns", [("episode/turns", "mean turns", "-")]),
+        ("Invalid actions", "share", [("episode/invalid_rate", "invalid-action rate", "-"),
+                                      ("episode/truncated", "token budget spent", "--")]),
+    ]
+    if not any(run.series(key)[0] for run in runs for _, _, specs in subplots for key, _, _ in specs):
+        return None, {}  # single-turn runs only: nothing to draw, nothing to say
+    fig, axes = _figure(1, len(subplots), "Multi-turn episodes")
+    drawn: list[str] = []
+    for ax, (sub_title, ylabel, specs) in zip(axes[0], subplots):
+        drawn += _lines(ax, runs, specs, title=sub_title, ylabel=ylabel, unit=ylabel != "turns")
+    missing = {r.name: "no episode/* metrics: not a multi-turn run" for r in runs if r.name not in drawn}
+    _titled(fig, "Multi-turn episodes", runs, drawn)
+    return fig, missing
+
+
 def _teachers(runs):
     return _sgsd_lines("Teachers per problem", [
         ("Teachers per problem", "teachers",
@@ -419,7 +443,8 @@ def _utility(runs: Sequence[RunData]) -> tuple[Figure | None, dict[str, str]]:
 
 
 _BUILDERS = {"training": _training, "polarity": _polarity, "support": _support, "gate_loss": _gate_loss,
-             "skill_sd": _skill_sd, "sdar": _sdar, "rlsd": _rlsd, "teachers": _teachers, "bank": _bank,
+             "skill_sd": _skill_sd, "sdar": _sdar, "rlsd": _rlsd, "episodes": _episodes, "teachers": _teachers,
+             "bank": _bank,
              "utility": _utility}
 
 
@@ -436,7 +461,8 @@ def build_figures(runs: Sequence[RunData]) -> tuple[dict[str, Figure], list[str]
     for panel in PANELS:
         fig, missing = _BUILDERS[panel](runs)
         if fig is None:
-            notes.append(f"{panel}.png: not written ({'; '.join(f'{n}: {why}' for n, why in missing.items())})")
+            if missing:  # (the episodes panel of single-turn runs says nothing)
+                notes.append(f"{panel}.png: not written ({'; '.join(f'{n}: {why}' for n, why in missing.items())})")
             continue
         figures[panel] = fig
         notes += [f"{panel}.png: {n} not shown ({why})" for n, why in missing.items()]

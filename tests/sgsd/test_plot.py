@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "tests" / "data" / "plot_runs"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIBLINGS = ("skill_sd", "sdar", "rlsd")  # the sibling methods' panels: none of them in an SGSD run
-SGSD_PANELS = tuple(p for p in PANELS if p not in SIBLINGS)
+SGSD_PANELS = tuple(p for p in PANELS if p not in SIBLINGS and p != "episodes")  # a math run: no episodes
 SKILL_SD_KEYS = ("loss", "sdl_token_loss", "rho_mean", "rho_max", "rho_clipped_frac", "k3_clipped_frac",
                  "log_ratio_teacher_mean")
 SDAR_KEYS = ("loss", "token_loss", "gate_mean", "gate_active_frac", "gap_mean")
@@ -71,8 +71,8 @@ def test_grpo_vs_sgsd_writes_every_panel_as_a_real_png(sgsd_run, grpo_run, tmp_p
         assert pixels.shape[:2] == (height, width)
     assert not list((tmp_path / "pics").glob(".*.tmp"))  # atomic writes leave no temporary files
     # the GRPO run is left out of the SGSD panels, and each such panel says so; neither run
-    # logged a sibling method's metrics, so those panels are not written
-    assert [n.split(":")[0] for n in rendered.notes] == [f"{p}.png" for p in PANELS[1:]]
+    # logged a sibling method's metrics, so those panels are not written; nor episodes: no note
+    assert [n.split(":")[0] for n in rendered.notes] == [f"{p}.png" for p in PANELS[1:] if p != "episodes"]
     for note in rendered.notes:
         if note.split(".")[0] in SIBLINGS:
             assert note.startswith(f"{note.split('.')[0]}.png: not written (grpo: no sgsd/* metrics: not an SGSD "
@@ -342,3 +342,22 @@ def test_sgsd_run_gets_no_sibling_panel_and_the_notes_say_why(sgsd_run, tmp_path
         "sdar.png: not written (sgsd: no " + ", ".join(f"sgsd/sdar/{k}" for k in SDAR_KEYS) + ")",
         "rlsd.png: not written (sgsd: no " + ", ".join(f"sgsd/rlsd/{k}" for k in RLSD_KEYS) + ")",
     )
+
+
+EPISODE_KEYS = ("solved", "boxes_on_target", "turns", "invalid_rate", "truncated")
+
+
+def test_the_episodes_panel_draws_any_run_with_episode_metrics_grpo_included(sgsd_run, tmp_path):
+    rows = {s: {"critic/score/mean": 0.1 * s, **{f"episode/{k}": round(0.05 * (i + 1) + 0.01 * s, 4)
+                                                  for i, k in enumerate(EPISODE_KEYS)}} for s in (1, 2, 3)}
+    rows = {s: {**r, "episode/turns": 2.0 + s} for s, r in rows.items()}
+    grpo = _run(tmp_path, "grpo_sokoban", rows)
+    assert not grpo.is_sgsd  # no sgsd/* key: the other method panels leave it out, this one does not
+    figures, notes = build_figures([sgsd_run, grpo])
+    success, turns, invalid = figures["episodes"].axes
+    assert _data(success) == [("C1", "-", [1, 2, 3], [0.06, 0.07, 0.08]), ("C1", "--", [1, 2, 3], [0.11, 0.12, 0.13])]
+    assert _data(turns) == [("C1", "-", [1, 2, 3], [3.0, 4.0, 5.0])]
+    assert [(c, st) for c, st, _, _ in _data(invalid)] == [("C1", "-"), ("C1", "--")]
+    assert success.get_ylim() == (-0.04, 1.04) and turns.get_ylim() != (-0.04, 1.04)
+    assert "episodes.png: sgsd not shown (no episode/* metrics: not a multi-turn run)" in notes
+    assert "episodes" not in build_figures([sgsd_run])[0]
