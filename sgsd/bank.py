@@ -260,6 +260,20 @@ class SkillBank:
             bank.require_nonempty()
         return bank
 
+    @classmethod
+    def load_start(cls, path: str | os.PathLike[str], *, grows: bool) -> SkillBank:
+        """A training run's first bank. It must form a teacher pair, unless the run ``grows`` it
+        online (``sgsd.update.enable``): then an empty bank is a cold start, with no teacher
+        (and no SGSD loss) until the first update adds items."""
+        bank = cls.load(path)
+        if not grows and (not bank.general_skills or not bank.common_mistakes):
+            try:
+                bank.require_nonempty()
+            except BankError as exc:
+                raise BankError(f"{exc}; with sgsd.update.enable=false it would never get one (an empty bank is "
+                                "a cold start only for a run whose bank grows online)") from None
+        return bank
+
     def require_nonempty(self) -> SkillBank:
         """Raise unless the bank can form at least one (skill, mistake) teacher pair."""
         if not self.general_skills or not self.common_mistakes:

@@ -246,7 +246,7 @@ class BankEvolution:
             raise ValueError(f"{state_path}: not valid JSON ({exc})") from None
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError(f"{state_path}: unsupported SGSD evolution state (expected version {STATE_VERSION})")
-        bank = SkillBank.load(folder / LATEST_NAME, require_nonempty=True)
+        bank = SkillBank.load(folder / LATEST_NAME)  # empty: a cold start saved before its first update
         try:
             self.window.load_state_dict(state["window"])
             if self.tracker is not None and state.get("tracker") is not None:

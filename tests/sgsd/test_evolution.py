@@ -233,3 +233,27 @@ def test_random_update_sequences_keep_every_invariant(bank, tmp_path):
         new_ids = [s.skill_id for s in evo.bank.general_skills]
         assert len(set(new_ids)) == len(new_ids)
         assert len(set(new_ids) - set(ids)) <= 3
+
+
+def test_an_empty_bank_is_a_cold_start_that_the_first_update_fills(tmp_path):
+    """SGSD on a task with no released bank (Sokoban) starts from the shipped empty bank: no
+    teacher until the first update, which adds items from the run's own rollouts; a checkpoint
+    taken before it restores the empty bank and the window."""
+    from sgsd.bank import BankError
+    from sgsd.datasets import resolve
+
+    empty = SkillBank.load_start(resolve("empty", "bank"), grows=True)
+    assert not empty.general_skills and not empty.common_mistakes
+    with pytest.raises(BankError, match="empty skill bank.*update.enable=false"):
+        SkillBank.load_start(resolve("empty", "bank"), grows=False)
+    evo = _evolution(empty, tmp_path)
+    evo.prepare_output_dir(resuming=False)
+    evo.add_records(_records(3, 4))
+    folder = evo.save_checkpoint(tmp_path / "global_step_1" / "sgsd")
+    restored = _evolution(empty, tmp_path / "other")
+    assert restored.load_checkpoint(folder) and restored.bank.counts() == empty.counts()
+    assert len(restored.window) == 7
+    changed, metrics = evo.update(2)
+    assert changed and metrics["sgsd/update/applied"] == 1.0
+    assert evo.bank.general_skills and evo.bank.common_mistakes  # teachers from now on
+    assert SkillBank.load(evo.latest_path, require_nonempty=True).to_dict() == evo.bank.to_dict()
