@@ -262,17 +262,20 @@ class SkillBank:
 
     @classmethod
     def load_start(cls, path: str | os.PathLike[str], *, grows: bool) -> SkillBank:
-        """A training run's first bank. It must form a teacher pair, unless the run ``grows`` it
-        online (``sgsd.update.enable``): then an empty bank is a cold start, with no teacher
-        (and no SGSD loss) until the first update adds items."""
+        """A training run's first bank: one that forms a teacher pair (a skill and a mistake),
+        or, for a run that ``grows`` it online (``sgsd.update.enable``), an EMPTY bank: a cold
+        start, with no teacher (and no SGSD loss) until the first update adds items. A bank
+        with one collection empty is refused either way (a broken bank, not a cold start)."""
         bank = cls.load(path)
-        if not grows and (not bank.general_skills or not bank.common_mistakes):
-            try:
-                bank.require_nonempty()
-            except BankError as exc:
-                raise BankError(f"{exc}; with sgsd.update.enable=false it would never get one (an empty bank is "
-                                "a cold start only for a run whose bank grows online)") from None
-        return bank
+        if grows and not bank.general_skills and not bank.common_mistakes:
+            return bank
+        try:
+            return bank.require_nonempty()
+        except BankError as exc:
+            if bank.general_skills or bank.common_mistakes:
+                raise
+            raise BankError(f"{exc}; an empty bank is a cold start only for a run whose bank grows online "
+                            "(sgsd.update.enable=true)") from None
 
     def require_nonempty(self) -> SkillBank:
         """Raise unless the bank can form at least one (skill, mistake) teacher pair."""

@@ -235,7 +235,7 @@ def test_random_update_sequences_keep_every_invariant(bank, tmp_path):
         assert len(set(new_ids) - set(ids)) <= 3
 
 
-def test_an_empty_bank_is_a_cold_start_that_the_first_update_fills(tmp_path):
+def test_an_empty_bank_is_a_cold_start_that_the_first_update_fills(tmp_path, shipped_bank):
     """SGSD on a task with no released bank (Sokoban) starts from the shipped empty bank: no
     teacher until the first update, which adds items from the run's own rollouts; a checkpoint
     taken before it restores the empty bank and the window."""
@@ -244,8 +244,12 @@ def test_an_empty_bank_is_a_cold_start_that_the_first_update_fills(tmp_path):
 
     empty = SkillBank.load_start(resolve("empty", "bank"), grows=True)
     assert not empty.general_skills and not empty.common_mistakes
-    with pytest.raises(BankError, match="empty skill bank.*update.enable=false"):
+    with pytest.raises(BankError, match=r"empty skill bank.*cold start only .*sgsd\.update\.enable=true"):
         SkillBank.load_start(resolve("empty", "bank"), grows=False)
+    half = tmp_path / "half.json"  # one collection empty: a broken bank, not a cold start
+    shipped_bank.with_items(common_mistakes=()).save(half)
+    with pytest.raises(BankError, match=r"empty skill bank \(\d+ general_skills, 0 common_mistakes\)"):
+        SkillBank.load_start(half, grows=True)
     evo = _evolution(empty, tmp_path)
     evo.prepare_output_dir(resuming=False)
     evo.add_records(_records(3, 4))
