@@ -156,6 +156,21 @@ class RLSDSettings:
 
 
 @dataclass(frozen=True)
+class AgentSettings:
+    """Multi-turn episodes (``sgsd.agent.*``): the agent loop that plays environment rows
+    (``recipe.sgsd.agent_loop``, rows written by ``scripts/prepare_data.py --dataset sokoban``).
+
+    ``max_turn_tokens``: each assistant turn's generation cap (also capped by what is left of
+    ``data.max_response_length``, which bounds the whole trajectory: every assistant turn and
+    every observation)."""
+
+    max_turn_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        _check("sgsd.agent.max_turn_tokens", self.max_turn_tokens, self.max_turn_tokens >= 1, ">= 1")
+
+
+@dataclass(frozen=True)
 class SGSDConfig:
     """Everything SGSD adds to a verl run. Defaults are the paper's (Tab. 11-12)."""
 
@@ -197,6 +212,7 @@ class SGSDConfig:
     skill_sd: SkillSDSettings = field(default_factory=SkillSDSettings)
     sdar: SDARSettings = field(default_factory=SDARSettings)
     rlsd: RLSDSettings = field(default_factory=RLSDSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)  # multi-turn episodes (agent loop)
     mask: TokenMaskConfig = field(default_factory=TokenMaskConfig)  # sgsd.mask.*: token classes removed
     ablation: AblationSettings = field(default_factory=AblationSettings)
     update: UpdateSettings = field(default_factory=UpdateSettings)

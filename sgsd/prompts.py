@@ -93,9 +93,10 @@ def guidance_block(
     return "\n\n".join(parts)
 
 
-def with_guidance(guidance: str, problem: str) -> str:
-    """Guidance block followed by the student prompt."""
-    return guidance + "\n\n" + student_prompt(problem)
+def with_guidance(guidance: str, problem: str, verbatim: bool = False) -> str:
+    """Guidance block followed by the student prompt (``verbatim``: by ``problem`` as it is, an
+    agent episode's task message, :attr:`ChatFormat.verbatim_problem`)."""
+    return guidance + "\n\n" + (problem if verbatim else student_prompt(problem))
 
 
 def teacher_prompt(
@@ -122,7 +123,8 @@ class ChatFormat:
     """How a user message becomes a generation prompt.
 
     ``enable_thinking`` is passed to the chat template (Qwen3 honours it; with False it
-    appends an empty think block itself). ``prefill_empty_think`` appends
+    appends an empty think block itself). ``verbatim_problem``: the problem is an agent
+    episode's whole task message (:meth:`student_message`). ``prefill_empty_think`` appends
     :data:`EMPTY_THINK` when the template did not, so a thinking-on teacher sees the
     student's response right where a thinking-off student produced it.
     """
@@ -130,6 +132,13 @@ class ChatFormat:
     enable_thinking: bool
     prefill_empty_think: bool = False
     system_prompt: str | None = None
+    # The problem is the student's whole first user message (an agent episode's task, rules and
+    # first observation: sgsd.envs), sent as it is: no "Problem:" wrapper, no answer instruction.
+    verbatim_problem: bool = False
+
+    def student_message(self, problem: str) -> str:
+        """The user message the student saw for ``problem``."""
+        return problem if self.verbatim_problem else student_prompt(problem)
 
 
 def apply_chat(tokenizer: Any, user_content: str, fmt: ChatFormat) -> str:
@@ -168,7 +177,8 @@ def teacher_prompt_ids(
     """
 
     def encode(g: str) -> list[int]:
-        text = apply_chat(tokenizer, with_guidance(g, problem) if g else student_prompt(problem), fmt)
+        text = apply_chat(tokenizer, with_guidance(g, problem, fmt.verbatim_problem) if g
+                          else fmt.student_message(problem), fmt)
         return tokenizer.encode(text, add_special_tokens=False)
 
     return fit_guidance(tokenizer, encode, guidance, max_tokens, keep="head")

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from sgsd.plain_text import added_token_strings, plain_text
-from sgsd.prompts import ChatFormat, apply_chat, fit_guidance, guidance_block, student_prompt, teacher_prompt_ids
+from sgsd.prompts import ChatFormat, apply_chat, fit_guidance, guidance_block, teacher_prompt_ids
 from sgsd.retrieval import TeacherPair
 from sgsd.skill_sources import Skill
 
@@ -154,7 +154,7 @@ class SDARContext:
 
     def prompt_ids(self, tokenizer, problem, guidance, fmt, max_tokens=None):
         _require(self, guidance, "at least one skill (guidance.skills)")
-        chat = apply_chat(tokenizer, student_prompt(problem), fmt)
+        chat = apply_chat(tokenizer, fmt.student_message(problem), fmt)
 
         def render(text: str) -> list[int]:
             # no skill text left: no prefix at all (a bare header is no privileged information)

@@ -41,6 +41,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from sgsd.envs.transcript import EPISODE_KEY
+
 logger = logging.getLogger(__name__)
 
 MAX_SYMBOLIC_CHARS = 1000  # longer answers only get the string comparison
@@ -412,8 +414,14 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     """verl ``custom_reward_function`` entry point; safe to call from any thread.
 
     ``ground_truth`` may be a list of acceptable answers. ``timeout_s`` can be set via
-    verl's ``reward_kwargs``.
+    verl's ``reward_kwargs``. An environment episode (``extra_info["episode"]``, the agent loop's
+    outcome, which verl's reward manager merges into ``extra_info``) scores 1 when solved, else 0;
+    the same keys as a math answer, so batches mixing both keep one reward-info layout.
     """
+    episode = extra_info.get(EPISODE_KEY) if isinstance(extra_info, dict) else None
+    if isinstance(episode, dict):  # a multi-turn episode (recipe.sgsd.agent_loop): the environment decided
+        solved = bool(episode.get("solved", False))
+        return {"score": 1.0 if solved else 0.0, "acc": solved, "pred": ""}
     golds = list(ground_truth) if isinstance(ground_truth, (list, tuple)) else [ground_truth]
     timeout_s = float(kwargs.get("timeout_s", 5.0))
     for gold in golds or [""]:

@@ -91,7 +91,7 @@ def check_inputs(config: DictConfig, sgsd_config: SGSDConfig) -> None:
         _check_sibling(config, sgsd_config)
     else:
         try:
-            SkillBank.load(resolve(sgsd_config.bank_path, "bank"), require_nonempty=True)
+            SkillBank.load_start(resolve(sgsd_config.bank_path, "bank"), grows=sgsd_config.update.enable)
         except (BankError, ValueError, OSError) as exc:
             raise ConfigError(f"sgsd.bank_path={sgsd_config.bank_path!r}: {exc}") from None
     update = sgsd_config.update

@@ -9,6 +9,8 @@ an import error fails loudly. It registers:
 * the advantage estimator ``sgsd`` (``algorithm.adv_estimator=sgsd``),
 * the v1 trainer ``sgsd`` (teacher pass + the actor-side loss; chosen by ``main_sgsd``),
 * the reward manager ``sgsd`` (the hook that feeds rollout records to the skill updater),
+* the agent loop ``sgsd_episode`` (multi-turn environment episodes, :mod:`recipe.sgsd.agent_loop`),
+  once verl imports its agent loop module,
 * ``actor.optim.lr_scheduler_type=linear`` in verl's FSDP engine (the release's schedule,
   :mod:`recipe.sgsd.lr_schedule`), once verl imports the engine,
 * the SGSD loss on the reference engine too (``set_loss_fn``), which the teacher's top-k
@@ -56,8 +58,15 @@ def _register_components() -> None:
     from recipe.sgsd.loss import loss_reaches_the_reference
 
     post_import_hooks.add("verl.workers.engine_workers", loss_reaches_the_reference)
+    post_import_hooks.add("verl.experimental.agent_loop.agent_loop", _register_agent_loop)
     from recipe.sgsd import reward_hook  # noqa: F401  (reward manager "sgsd")
     from recipe.sgsd import trainer  # noqa: F401  (v1 trainer "sgsd")
+
+
+def _register_agent_loop(_module) -> None:
+    import importlib
+
+    importlib.import_module("recipe.sgsd.agent_loop")  # @register("sgsd_episode")
 
 
 _register_components()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ray
 
+from sgsd.envs.transcript import TRANSCRIPT_KEY
 from sgsd.records import RecordBuffer, RolloutRecord
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
@@ -68,10 +69,15 @@ class SGSDRewardManager(NaiveRewardManager):
         item = data[-1:][0]
         if _is_validation(item.non_tensor_batch):  # validation rollouts are not training experience
             return result
-        response_ids = item.batch["responses"]
-        valid = int(item.batch["attention_mask"][-response_ids.shape[-1]:].sum())
-        response = self.tokenizer.decode(response_ids[:valid], skip_special_tokens=True)
-        record = make_record(item.non_tensor_batch, response, float(result["reward_score"]))
+        transcript = episode_transcript_of(item.non_tensor_batch)
+        if transcript is None:
+            response_ids = item.batch["responses"]
+            valid = int(item.batch["attention_mask"][-response_ids.shape[-1]:].sum())
+            response = self.tokenizer.decode(response_ids[:valid], skip_special_tokens=True)
+        else:  # an agent episode: its transcript (turns, observations, outcome), not the raw tokens
+            response = transcript
+        record = make_record(item.non_tensor_batch, response, float(result["reward_score"]),
+                             episode=transcript is not None)
         await self._buffer.extend.remote([record])
         return result
 
@@ -84,8 +90,17 @@ def _is_validation(non_tensor: dict) -> bool:
         return bool(getattr(flag, "any", lambda: False)())
 
 
-def make_record(non_tensor: dict, response: str, reward: float) -> RolloutRecord:
-    """A record from one trajectory's dataset fields (verl's non-tensor batch item)."""
+def episode_transcript_of(non_tensor: dict) -> str | None:
+    """The episode transcript the agent loop ``sgsd_episode`` left in a trajectory's extra fields
+    (verl hands them to the reward manager as ``tool_extra_fields``), or None for a single-turn rollout."""
+    extra = non_tensor.get("tool_extra_fields")
+    text = extra.get(TRANSCRIPT_KEY) if isinstance(extra, dict) else None
+    return text if isinstance(text, str) else None
+
+
+def make_record(non_tensor: dict, response: str, reward: float, episode: bool = False) -> RolloutRecord:
+    """A record from one trajectory's dataset fields (verl's non-tensor batch item); ``episode``:
+    ``response`` is an agent episode's transcript and the problem its task message."""
     from sgsd.verl_data import problem_text
 
     extra_info = non_tensor.get("extra_info") or {}
@@ -101,5 +116,7 @@ def make_record(non_tensor: dict, response: str, reward: float) -> RolloutRecord
         reward=reward,
         data_source=str(non_tensor.get("data_source", "")),
         step=int(step) if step is not None else None,
-        answer=str(reward_model.get("ground_truth")) if reward_model.get("ground_truth") is not None else None,
+        answer=None if episode else (str(reward_model.get("ground_truth"))
+                                     if reward_model.get("ground_truth") is not None else None),
+        episode=episode,
     )

@@ -18,6 +18,10 @@ Two things verl does that a run of this recipe must not suffer:
   of later steps (an attempt that died after its last checkpoint) are dropped: those steps
   are trained again.
 
+It also logs the outcome of multi-turn episodes (``episode/*``: solved, boxes on target, turns,
+invalid-action rate, truncated; :func:`recipe.sgsd.agent_loop.episode_metrics`) beside verl's
+own metrics, for every estimator.
+
 GRPO runs started by ``recipe.sgsd.main_sgsd`` use this class as ``trainer_mode=sgsd_sync``
 (verl's algorithm, unchanged); :class:`recipe.sgsd.trainer.SGSDTrainer` builds on it.
 """
@@ -72,6 +76,27 @@ class RecipeSyncTrainer(PPOTrainerSync):
         self.trainer_mode = "sync"
         self.parameter_sync_step = self.config.trainer.v1.get("sync", {}).get("parameter_sync_step", 1)
         return super()._build_replay_buffer()
+
+    def _compute_advantage(self, batch, metrics):
+        batch = super()._compute_advantage(batch, metrics)
+        metrics.update(self._episode_metrics(batch))
+        return batch
+
+    def _episode_metrics(self, batch) -> dict[str, float]:
+        """``episode/*`` of the step's rollouts (empty when none is an agent episode)."""
+        import transfer_queue as tq
+
+        from recipe.sgsd.agent_loop import episode_metrics
+
+        if batch.fields and "extra_fields" not in batch.fields:
+            return {}
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+        if "extra_fields" not in data.keys():
+            return {}
+        extra = data["extra_fields"]
+        extra = extra.tolist() if hasattr(extra, "tolist") else list(extra)
+        real = [e for e, tag in zip(extra, batch.tags) if not tag.get("is_padding", False)]
+        return episode_metrics(real)
 
     # ----------------------------------------------------------------- metrics history
     def fit(self, *args, **kwargs):

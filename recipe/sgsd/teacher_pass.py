@@ -145,6 +145,17 @@ class Rollouts:
     answers: list[str | None] | None = None  # reference answers (answer-conditioned teachers)
     # per rollout, the (skill ids, mistake ids) its student prompt showed (OPSD+Skill data), else None
     student_pairs: list[tuple[Sequence[str], Sequence[str]] | None] | None = None
+    # per rollout, True for an agent episode: its problem is the task message the student saw,
+    # and its response the whole trajectory (assistant turns and observations, the latter outside
+    # the response mask); None: no episodes
+    episodes: list[bool] | None = None
+
+    def formats(self, fmt: ChatFormat) -> list[ChatFormat]:
+        """``fmt`` per rollout, the episodes' with :attr:`ChatFormat.verbatim_problem`."""
+        if not self.episodes:
+            return [fmt] * len(self)
+        verbatim = replace(fmt, verbatim_problem=True)
+        return [verbatim if e else fmt for e in self.episodes]
 
     def __len__(self) -> int:
         return len(self.responses)
@@ -216,12 +227,13 @@ class TeacherPass:
         else:
             retrievals = list(self.retriever.retrieve(rollouts.problems))
         retrieval_time = time.perf_counter() - t0
+        formats = rollouts.formats(self.format)
         if selections is not None:
             plan = plan_context_teachers(rollouts.problems, [TeacherGuidance(skills=tuple(s)) for s in selections],
-                                         self.tokenizer, self.format, teacher_context(cfg.context),
+                                         self.tokenizer, formats, teacher_context(cfg.context),
                                          cfg.max_teacher_prompt_length)
         else:
-            plan = plan_teachers(rollouts.problems, retrievals, self.tokenizer, self.format, cfg.top_k,
+            plan = plan_teachers(rollouts.problems, retrievals, self.tokenizer, formats, cfg.top_k,
                                  cfg.max_teacher_prompt_length, rollouts.answers if self.needs_answers else None,
                                  context=cfg.teacher_context)
 
@@ -368,7 +380,7 @@ def plan_teachers(
     problems: Sequence[str],
     retrievals: Sequence[ProblemRetrieval],
     tokenizer,
-    fmt: ChatFormat,
+    fmt: ChatFormat | Sequence[ChatFormat],
     top_k: int,
     max_prompt_tokens: int | None,
     reference_answers: Sequence[str | None] | None = None,
@@ -384,22 +396,24 @@ def plan_teachers(
     ``[B, 1]`` wide with alpha 1.
 
     Rollouts of the same problem (``rollout.n > 1``) share their teachers' prompts, so each
-    distinct prompt is rendered and tokenised once.
+    distinct prompt is rendered and tokenised once. ``fmt``: one chat format, or one per rollout
+    (:meth:`Rollouts.formats`: an agent episode's problem is its task message, as it is).
     """
     if len(problems) != len(retrievals):
         raise ValueError(f"{len(problems)} problems but {len(retrievals)} retrievals")
+    formats = per_rollout(fmt, len(problems))
     if context != "skills":
-        return _plan_answer_teachers(problems, retrievals, tokenizer, fmt, top_k, max_prompt_tokens,
+        return _plan_answer_teachers(problems, retrievals, tokenizer, formats, top_k, max_prompt_tokens,
                                      reference_answers, with_skills=context == "answer_skills")
     plan = TeacherPlan(alpha=torch.zeros(len(problems), top_k))
     cache: dict[tuple, tuple[list[int], bool]] = {}
     for row, (problem, retrieval) in enumerate(zip(problems, retrievals)):
         answer = reference_answers[row] if reference_answers is not None else None
         for pair in retrieval.teachers[:top_k]:
-            key = (problem, pair.skill.skill_id, pair.mistake.mistake_id, answer)
+            key = (problem, pair.skill.skill_id, pair.mistake.mistake_id, answer, formats[row])
             if key not in cache:
                 guidance = guidance_block([pair.skill], [pair.mistake], reference_answer=answer)
-                cache[key] = teacher_prompt_ids(tokenizer, guidance, problem, fmt, max_prompt_tokens)
+                cache[key] = teacher_prompt_ids(tokenizer, guidance, problem, formats[row], max_prompt_tokens)
             ids, truncated = cache[key]
             plan.owner.append(row)
             plan.slot.append(pair.rank)
@@ -409,22 +423,35 @@ def plan_teachers(
     return plan
 
 
+def per_rollout(fmt: ChatFormat | Sequence[ChatFormat], n: int) -> list[ChatFormat]:
+    """One chat format per rollout: ``fmt`` repeated, or ``fmt`` itself when it is one per rollout."""
+    if isinstance(fmt, ChatFormat):
+        return [fmt] * n
+    formats = list(fmt)
+    if len(formats) != n:
+        raise ValueError(f"{n} rollouts but {len(formats)} chat formats")
+    return formats
+
+
 def plan_context_teachers(problems: Sequence[str], guidances: Sequence[TeacherGuidance], tokenizer,
-                          fmt: ChatFormat, context: TeacherContext, max_prompt_tokens: int | None) -> TeacherPlan:
+                          fmt: ChatFormat | Sequence[ChatFormat], context: TeacherContext,
+                          max_prompt_tokens: int | None) -> TeacherPlan:
     """ONE teacher per rollout whose guidance gives ``context`` a teacher (``context.present``),
     ``[B, 1]`` wide, alpha 1 (0: no teacher, no loss); prompts rendered once per distinct
     (problem, guidance) with the context's truncation contract (:mod:`sgsd.teacher_contexts`)."""
     if len(problems) != len(guidances):
         raise ValueError(f"{len(problems)} problems but {len(guidances)} teacher guidances")
+    formats = per_rollout(fmt, len(problems))
     plan = TeacherPlan(alpha=torch.zeros(len(problems), 1))
     cache: dict[tuple, tuple[list[int], bool]] = {}
     for row, (problem, guidance) in enumerate(zip(problems, guidances)):
         if not context.present(guidance):
             continue
         key = (problem, tuple((s.name, s.text) for s in guidance.skills), guidance.reference_answer,
-               None if guidance.pair is None else (guidance.pair.skill.skill_id, guidance.pair.mistake.mistake_id))
+               None if guidance.pair is None else (guidance.pair.skill.skill_id, guidance.pair.mistake.mistake_id),
+               formats[row])
         if key not in cache:
-            cache[key] = context.prompt_ids(tokenizer, problem, guidance, fmt, max_prompt_tokens)
+            cache[key] = context.prompt_ids(tokenizer, problem, guidance, formats[row], max_prompt_tokens)
         ids, truncated = cache[key]
         plan.owner.append(row)
         plan.slot.append(0)
@@ -434,7 +461,7 @@ def plan_context_teachers(problems: Sequence[str], guidances: Sequence[TeacherGu
     return plan
 
 
-def _plan_answer_teachers(problems, retrievals, tokenizer, fmt, top_k, max_prompt_tokens, reference_answers,
+def _plan_answer_teachers(problems, retrievals, tokenizer, formats, top_k, max_prompt_tokens, reference_answers,
                           with_skills: bool) -> TeacherPlan:
     if reference_answers is None:
         raise ValueError("an answer-conditioned teacher needs the reference answers")
@@ -445,13 +472,13 @@ def _plan_answer_teachers(problems, retrievals, tokenizer, fmt, top_k, max_promp
         if not answer:
             continue  # nothing to condition on: no teacher, no loss for this rollout
         pairs = retrieval.teachers[:top_k] if with_skills else ()
-        key = (problem, answer, tuple((p.skill.skill_id, p.mistake.mistake_id) for p in pairs))
+        key = (problem, answer, tuple((p.skill.skill_id, p.mistake.mistake_id) for p in pairs), formats[row])
         if key not in cache:
             # Too long: drop the weakest pairs first; the answer (at the block's end) stays whole.
             for n in range(len(pairs), -1, -1):
                 guidance = guidance_block([p.skill for p in pairs[:n]], [p.mistake for p in pairs[:n]],
                                           reference_answer=answer)
-                ids, cut = teacher_prompt_ids(tokenizer, guidance, problem, fmt, max_prompt_tokens)
+                ids, cut = teacher_prompt_ids(tokenizer, guidance, problem, formats[row], max_prompt_tokens)
                 if not cut or n == 0:
                     break
             cache[key] = (ids, cut or n < len(pairs))

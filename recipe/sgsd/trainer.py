@@ -45,6 +45,7 @@ from sgsd.llm.base import GenerationSettings
 from sgsd.llm.factory import make_client
 from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
 from sgsd.updater import SkillUpdater, UpdateConfig
+from sgsd.envs.data import is_episode
 from sgsd.verl_data import problem_text
 from sgsd.item_utility import UtilityTracker
 from sgsd.sibling_skills import SiblingSkills, make_sibling_skills
@@ -128,7 +129,7 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
     def _make_evolution(self) -> BankEvolution:
         """The run's bank: restored from the checkpoint being resumed, else ``sgsd.bank_path``."""
         cfg, up = self.sgsd_config, self.sgsd_config.update
-        bank = SkillBank.load(resolve(cfg.bank_path, "bank"), require_nonempty=True)
+        bank = SkillBank.load_start(resolve(cfg.bank_path, "bank"), grows=up.enable)
         output_dir = Path(cfg.bank_output_dir or os.path.join(self.config.trainer.default_local_dir, "sgsd_bank"))
         updater = None
         if up.enable:
@@ -334,6 +335,7 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
             problems=[problem_text(e, p) for e, p in zip(extra, raw_prompts)],
             answers=[str((rm or {}).get("ground_truth", "")) for rm in _non_tensor_list(data, "reward_model", n)],
             student_pairs=[student_pairs(e) for e in extra],
+            episodes=[is_episode(e) for e in extra],
         )
         result = self.teacher_pass(rollouts, self._score_teachers)
         if os.environ.get("SGSD_DEBUG_DUMP_DIR"):
@@ -436,6 +438,7 @@ class SGSDTrainer(TeacherWeightsMixin, RecipeSyncTrainer):
         torch.save({
             "step": self.global_steps, "owner": plan.owner, "slot": plan.slot, "prompt_ids": plan.prompt_ids,
             "alpha": plan.alpha, "responses": [r.clone() for r in rollouts.responses],
+            "response_masks": [m.clone() for m in rollouts.response_masks],
             "scored": [s.clone() for s in result.scored],
             "student_log_probs": [s.clone() for s in rollouts.log_probs],
             "student_prompts": [p.clone() for p in student_prompts],

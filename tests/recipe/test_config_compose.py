@@ -168,6 +168,14 @@ def _bank_variants(tmp_path, shipped_bank):
             "no_mistakes": (no_mistakes, "")}
 
 
+def test_the_empty_bank_starts_only_a_run_whose_bank_grows():
+    from recipe.sgsd.main_sgsd import prepare_config
+
+    assert prepare_config(compose_sgsd(["sgsd.bank_path=empty"])).sgsd.bank_path == "empty"
+    with pytest.raises(ConfigError, match=r"sgsd\.bank_path='empty': .*cold start only"):
+        prepare_config(compose_sgsd(["sgsd.bank_path=empty", "sgsd.update.enable=false"]))
+
+
 @pytest.mark.parametrize("which", ["missing", "truncated", "no_mistakes"])
 def test_a_bank_that_cannot_serve_is_refused_before_any_worker(tmp_path, shipped_bank, which):
     """Failed after 98 s on CPU, once Ray and the workers had started."""
