@@ -9,14 +9,17 @@
 #   STEPS=2 bash scripts/run_sgsd_cpu.sh sgsd.top_k=8     # extra Hydra overrides pass through
 #   ESTIMATOR=grpo bash scripts/run_sgsd_cpu.sh           # the same run as GRPO
 #   VARIANT=opsd bash scripts/run_sgsd_cpu.sh             # a baseline/ablation by name (recipe/sgsd/variants.py)
+#   TASK=sokoban bash scripts/run_sgsd_cpu.sh             # multi-turn Sokoban episodes through verl's agent loop
+#                                                         # (with VARIANT=skill_sd | sdar, ESTIMATOR=grpo too)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh" test
 
-WORKDIR="${WORKDIR:-$ROOT/outputs/sgsd_cpu}"
+TASK="${TASK:-math}"
+if [ "$TASK" = math ]; then WORKDIR="${WORKDIR:-$ROOT/outputs/sgsd_cpu}"; else WORKDIR="${WORKDIR:-$ROOT/outputs/sgsd_cpu_$TASK}"; fi
 STEPS="${STEPS:-4}"
 ESTIMATOR="${ESTIMATOR:-sgsd}"
 
 cd "$ROOT"
 "$SGSD_PY" -m recipe.sgsd.cpu.run --workdir "$WORKDIR" --steps "$STEPS" --estimator "$ESTIMATOR" \
-    ${VARIANT:+--variant "$VARIANT"} "$@"
+    --task "$TASK" ${VARIANT:+--variant "$VARIANT"} "$@"

@@ -17,12 +17,19 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
-RUN_SCRIPTS = {  # script -> the estimator its dry run must report
+MATH_SCRIPTS = {  # script -> the estimator its dry run must report
     "run_sgsd_qwen3_8b.sh": "sgsd",
     "run_sgsd_qwen3_4b.sh": "sgsd",
     "run_sgsd_qwen3_1.7b.sh": "sgsd",
     "run_grpo_qwen3_8b.sh": "grpo",
 }
+SOKOBAN_SCRIPTS = {  # multi-turn episodes (scripts/lib/sokoban_body.sh): script -> (estimator, method)
+    "run_grpo_qwen3_4b_sokoban.sh": ("grpo", None),
+    "run_skillsd_qwen3_4b_sokoban.sh": ("sgsd", "skill_sd"),
+    "run_sdar_qwen3_4b_sokoban.sh": ("sgsd", "sdar"),
+    "run_sgsd_qwen3_4b_sokoban.sh": ("sgsd", "sgsd"),
+}
+RUN_SCRIPTS = {**MATH_SCRIPTS, **{script: estimator for script, (estimator, _) in SOKOBAN_SCRIPTS.items()}}
 EXTRA = ["sgsd.top_k=4", "actor_rollout_ref.rollout.temperature=0.7",
          "actor_rollout_ref.model.override_config.attn_implementation=sdpa"]
 CONFIG_DIR = ROOT / "recipe" / "sgsd" / "config"
@@ -75,7 +82,7 @@ SGSD_BODY = 'source "$(dirname "${BASH_SOURCE[0]}")/lib/sgsd_body.sh" "$@"'
 LAUNCH = "python3 -m recipe.sgsd.main_sgsd"
 
 
-@pytest.mark.parametrize("script", RUN_SCRIPTS)
+@pytest.mark.parametrize("script", MATH_SCRIPTS)
 def test_run_script_shape(script):
     text = (SCRIPTS / script).read_text()
     assert "\nset -xeuo pipefail\n" in text
@@ -90,7 +97,7 @@ def test_run_script_shape(script):
     assert not re.search(r"^\s*TRAIN_FILE=", body, re.M)
 
 
-@pytest.mark.parametrize("script", [s for s, estimator in RUN_SCRIPTS.items() if estimator == "sgsd"])
+@pytest.mark.parametrize("script", [s for s, estimator in MATH_SCRIPTS.items() if estimator == "sgsd"])
 def test_a_sgsd_size_script_holds_only_its_values(script):
     """What differs per model, then the shared body: nothing else to drift between sizes."""
     lines = [line for line in (SCRIPTS / script).read_text().splitlines()
@@ -254,20 +261,20 @@ def _recorded_config(tmp_path, script, *args, **env):
         return compose(config_name="sgsd_trainer", overrides=argv[2:])
 
 
-@pytest.mark.parametrize("script", RUN_SCRIPTS)
+@pytest.mark.parametrize("script", MATH_SCRIPTS)
 def test_environment_values_reach_the_config(tmp_path, script):
     """The per-size values and the shared body's `${VAR:-default}`s come from the environment;
     an explicit TRAIN_FILE wins over the one a skills variant would choose."""
-    variant = "grpo_skill" if RUN_SCRIPTS[script] == "grpo" else "opsd_skill"
+    variant = "grpo_skill" if MATH_SCRIPTS[script] == "grpo" else "opsd_skill"
     env = dict(MODEL_PATH="/models/m", TRAIN_FILE="/data/mine.parquet", VAL_FILE="/data/val.parquet",
                EXPERIMENT_NAME="exp", N_GPUS_PER_NODE="4", NNODES="2", VARIANT=variant, SGSD_DRY_RUN="1")
-    if RUN_SCRIPTS[script] == "sgsd":
+    if MATH_SCRIPTS[script] == "sgsd":
         env.update(BANK_PATH="/banks/b.json", ENCODER_DEVICE="cpu", SKILL_UPDATE="false")
     cfg = _recorded_config(tmp_path, script, **env)
     assert cfg.actor_rollout_ref.model.path == "/models/m"
     assert (cfg.data.train_files, cfg.data.val_files) == ("/data/mine.parquet", "/data/val.parquet")
     assert (cfg.trainer.experiment_name, cfg.trainer.n_gpus_per_node, cfg.trainer.nnodes) == ("exp", 4, 2)
-    if RUN_SCRIPTS[script] == "sgsd":
+    if MATH_SCRIPTS[script] == "sgsd":
         assert (cfg.sgsd.bank_path, cfg.sgsd.encoder_device) == ("/banks/b.json", "cpu")
         assert cfg.sgsd["update"].enable is False
 
@@ -356,7 +363,7 @@ def test_every_skill_method_retrieves_with_the_gpu_scripts_encoder(dry_runs, tmp
     assert argv[argv.index("--encoder") + 1] == "/enc/other"
 
 
-@pytest.mark.parametrize("script", [s for s, estimator in RUN_SCRIPTS.items() if estimator == "sgsd"])
+@pytest.mark.parametrize("script", [s for s, estimator in MATH_SCRIPTS.items() if estimator == "sgsd"])
 def test_opsd_skill_gives_its_teacher_as_many_pairs_as_the_skill_data_shows(tmp_path, script):
     """The +Skill data shows 3 pairs (the release's --skills_top_k 3), so OPSD+Skill's teacher is
     given sgsd.top_k=3; SGSD keeps its 8 teachers; the caller's override still wins."""
@@ -472,3 +479,52 @@ def test_a_variant_of_the_other_estimator_or_an_unknown_one_is_refused(tmp_path)
         done = subprocess.run(["bash", str(SCRIPTS / script)], cwd=tmp_path, text=True, capture_output=True,
                               timeout=60, env=_env(fake.parent, ARGV_OUT=str(tmp_path / "argv"), VARIANT=variant))
         assert done.returncode != 0 and message in done.stderr, (script, variant, done.stderr[-2000:])
+
+
+# ----------------------------------------------------------------------------- Sokoban
+SOKOBAN_BODY = 'source "$(dirname "${BASH_SOURCE[0]}")/lib/sokoban_body.sh" "$@"'
+
+
+@pytest.mark.parametrize("script", SOKOBAN_SCRIPTS)
+def test_a_sokoban_script_names_its_method_and_sources_the_shared_body(script):
+    text = (SCRIPTS / script).read_text()
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith(("#", "set ", "source "))]
+    method = SOKOBAN_SCRIPTS[script][1] or "grpo"
+    assert lines == [f"METHOD={method}"] and text.rstrip().endswith(SOKOBAN_BODY)
+    body = (SCRIPTS / "lib" / "sokoban_body.sh").read_text()
+    assert body.count(LAUNCH) == 1 and body.rstrip().endswith('"$@"')
+    done = subprocess.run(["bash", str(SCRIPTS / "lib" / "sokoban_body.sh")], capture_output=True, text=True)
+    assert done.returncode == 2 and "run_*_qwen3_4b_sokoban.sh" in done.stderr
+
+
+def test_a_sokoban_script_refuses_a_variant_that_needs_skills_in_the_student_prompt(tmp_path):
+    env = _env(Path(sys.executable).parent, SGSD_DRY_RUN="1", VARIANT="opsd_skill")
+    done = subprocess.run(["bash", str(SCRIPTS / "run_sgsd_qwen3_4b_sokoban.sh")], cwd=tmp_path, env=env, text=True,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 2 and "VARIANT=opsd_skill shows skills in the student prompt" in done.stderr
+
+
+@pytest.mark.parametrize("script", SOKOBAN_SCRIPTS)
+def test_sokoban_scripts_carry_the_papers_values(dry_runs, script):
+    """Skill-SD: Qwen3-4B-Instruct-2507, lambda 0.001; SDAR: n = 8, lr 1e-6, responses <= 512
+    tokens, lambda 0.01, beta 5; every mode on the same episodes (prepare_data's Sokoban files)."""
+    cfg = _config(dry_runs, script)
+    estimator, method = SOKOBAN_SCRIPTS[script]
+    rollout, actor = cfg.actor_rollout_ref.rollout, cfg.actor_rollout_ref.actor
+    assert cfg.algorithm.adv_estimator == estimator
+    assert cfg.actor_rollout_ref.model.path == "Qwen/Qwen3-4B-Instruct-2507"
+    assert actor.optim.lr == 1e-6 and cfg.sgsd.agent.max_turn_tokens == 512
+    assert cfg.data.train_files.endswith("/data/sgsd/sokoban_train.parquet")
+    assert cfg.data.val_files.endswith("/data/sgsd/sokoban_test.parquet")
+    assert cfg.reward.custom_reward_function.path == "pkg://sgsd.verifier"
+    assert cfg.data.apply_chat_template_kwargs.enable_thinking is False
+    assert rollout.n == (1 if method == "sgsd" else 8)
+    assert cfg.sgsd.method == (method if method in ("skill_sd", "sdar") else "sgsd")
+    if method == "skill_sd":
+        assert cfg.sgsd.distill_coef == 0.001 and actor.use_kl_loss
+    if method == "sdar":
+        assert cfg.sgsd.distill_coef == 0.01 and cfg.sgsd.sdar.beta == 5.0 and cfg.sgsd.skills.files == "sokoban"
+    if method == "sgsd":  # no Sokoban bank is released: it grows from the policy's own episodes
+        assert cfg.sgsd.bank_path == "empty" and cfg.sgsd["update"].enable and cfg.sgsd["update"].freq == 5
+    for gpus in (1, 2, 4, 8):
+        assert _geometry(_with(cfg, f"trainer.n_gpus_per_node={gpus}")).dp == gpus

@@ -253,3 +253,19 @@ def test_a_full_queue_drops_new_rollouts_without_blocking(tmp_path):
         writer.close()
     with pytest.raises(RuntimeError, match="closed"):
         writer.submit([RolloutRecord("P", "r", 1.0)])
+
+
+def test_the_shipped_sokoban_skill_file():
+    """sgsd/data/skills/sokoban.json (written for this project, SDAR's teacher on Sokoban): one
+    general skill that states the environment's move format as parse_action reads it, and
+    keyword skills whose keywords occur in the task prompt of every level."""
+    from sgsd.datasets import resolve
+    from sgsd.envs.sokoban import SokobanEnv, levels, parse_action
+    from sgsd.skill_strategies import KeywordStrategy
+
+    skills = load_skill_files(resolve("sokoban", "skills"))
+    [general] = [s for s in skills if not s.keywords]
+    assert parse_action(general.text) in ("up", "down", "left", "right")
+    prompt = SokobanEnv(levels("test", 1)[0]).task_prompt()
+    chosen = KeywordStrategy().select(prompt, skills)
+    assert [s.name for s in chosen] == [s.name for s in skills]  # every skill reaches a Sokoban teacher

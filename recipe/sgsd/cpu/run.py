@@ -8,6 +8,7 @@ Qwen3-1.7B skill bank and the packaged MiniLM encoder, logging with verl's ``con
 and ``file`` loggers (one JSON object per step).
 
     python -m recipe.sgsd.cpu.run --workdir outputs/sgsd_cpu [--steps 4] [--estimator grpo] [override ...]
+    python -m recipe.sgsd.cpu.run --workdir outputs/sgsd_cpu_sokoban --task sokoban   # multi-turn episodes
 """
 
 from __future__ import annotations
@@ -59,10 +60,13 @@ class CPURun(RunFolder):
     model_dir: Path | None = None  # default: <workdir>/tiny_qwen3, built once (build_run_model)
     data_dir: Path | None = None  # default: <workdir>/data, written once (write_run_data)
     variant: str | None = None  # a baseline/ablation of recipe.sgsd.variants (sets the estimator too)
+    task: str = "math"  # math (the shipped MATH subset) | sokoban (multi-turn episodes, TASKS)
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}: one of {', '.join(TASKS)}")
         if self.variant is not None:
             from recipe.sgsd.variants import get_variant
 
@@ -81,6 +85,9 @@ class CPURun(RunFolder):
             self.model_dir = build_run_model(self.workdir / "tiny_qwen3")
         if self.data_dir is None:
             self.data_dir = self.workdir / "data"
+        if self.task == "sokoban":
+            write_episode_data(self.data_dir, self.train_rows, self.batch_size)
+            return
         write_run_data(self.data_dir, self.train_rows, self.batch_size, student_skills=self._student_skills,
                        top_k=self.top_k)
 
@@ -92,13 +99,22 @@ class CPURun(RunFolder):
 
             variant = get_variant(self.variant).overrides
         train = data / ("train_skills.parquet" if self._student_skills else "train.parquet")
+        val = data / "val.parquet"
+        # a student prompt that carries 4 skill-mistake pairs is ~1k tiny-tokenizer tokens
+        prompt_length, response_length, task = (1536 if self._student_skills else 256), self.response_length, []
+        if self.task == "sokoban":
+            train, val = data / EPISODE_FILES[0], data / EPISODE_FILES[1]
+            # the task message (rules, legend, board) is ~300 tokens; the response is the whole
+            # trajectory: EPISODE_LEVEL's turns of max_turn_tokens each and the observations between
+            prompt_length, response_length = 512, max(self.response_length, EPISODE_RESPONSE_LENGTH)
+            # the skill files of a file-skill teacher (SDAR, RLSD): the shipped Sokoban ones
+            task = [f"sgsd.agent.max_turn_tokens={EPISODE_TURN_TOKENS}", "sgsd.skills.files=sokoban"]
         return [
             f"algorithm.adv_estimator={self.estimator}",
-            f"data.train_files={train}", f"data.val_files={data / 'val.parquet'}",
+            f"data.train_files={train}", f"data.val_files={val}",
             f"data.train_batch_size={self.batch_size}",
-            # a student prompt that carries 4 skill-mistake pairs is ~1k tiny-tokenizer tokens
-            f"data.max_prompt_length={1536 if self._student_skills else 256}",
-            f"data.max_response_length={self.response_length}", "data.shuffle=false",
+            f"data.max_prompt_length={prompt_length}",
+            f"data.max_response_length={response_length}", "data.shuffle=false", *task,
             f"actor_rollout_ref.model.path={self.model_dir}",
             f"actor_rollout_ref.rollout.n={self.rollout_n}",
             f"actor_rollout_ref.actor.ppo_mini_batch_size={self.batch_size}",
@@ -196,6 +212,29 @@ def write_run_data(folder: Path, train_rows: int, val_rows: int, *, student_skil
     return folder
 
 
+TASKS = ("math", "sokoban")
+# CPU episodes: small levels, few turns (the tiny random model rarely writes a valid move; the
+# run shows the mechanics, and prepare_data's random-policy floor is the bar a real model beats)
+EPISODE_LEVEL = {"size": (6, 6), "boxes": 1, "max_turns": 3}
+EPISODE_TURN_TOKENS = 24
+EPISODE_RESPONSE_LENGTH = 448
+EPISODE_FILES = ("sokoban_train.parquet", "sokoban_test.parquet")
+
+
+def write_episode_data(folder: Path, train_rows: int, val_rows: int) -> Path:
+    """``sokoban_train.parquet`` / ``sokoban_test.parquet``: seeded levels (:data:`EPISODE_LEVEL`),
+    the validation levels disjoint from the training ones; files already there are kept."""
+    from sgsd.envs.data import episode_rows
+    from sgsd.envs.sokoban import levels
+    from sgsd.verl_data import write_parquet
+
+    for name, split, count in ((EPISODE_FILES[0], "train", train_rows), (EPISODE_FILES[1], "test", val_rows)):
+        if not (folder / name).exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            write_parquet(episode_rows(levels(split, count, **EPISODE_LEVEL), split), folder / name)
+    return folder
+
+
 # The demo shows one online bank update (Alg. 4) with the policy as its writer: every 2
 # steps, on a small sample, with a short reply budget (the random tiny model writes noise,
 # which the updater counts as parse failures; the bank stays valid).
@@ -216,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--estimator", default="sgsd", help="sgsd (default) or grpo")
     parser.add_argument("--variant", default=None,
                         help="a baseline/ablation by name (python -m recipe.sgsd.variants list); sets the estimator")
+    parser.add_argument("--task", default=os.environ.get("TASK", "math"), choices=TASKS,
+                        help="math (default) or sokoban: multi-turn episodes through verl's agent loop")
     parser.add_argument("--rollout-n", type=int, default=None,
                         help="rollouts per problem (sgsd 1; grpo and its variants: Skill-SD, SDAR, RLSD 4)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. sgsd.top_k=8")
@@ -232,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.rollout_n or (1 if launcher == "sgsd" else 4)  # the GRPO script's variants keep a group
     extra = [*demo_overrides(args.overrides), *args.overrides] if launcher == "sgsd" else args.overrides
     run = CPURun(Path(args.workdir).resolve(), steps=args.steps, estimator=estimator, rollout_n=n, extra=extra,
-                 variant=args.variant)
+                 variant=args.variant, task=args.task)
     done_steps = run.checkpointed_step()
     finished = settle_previous_run(run)
     if finished is not None:

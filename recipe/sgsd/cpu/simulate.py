@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recipe.sgsd.cpu.overrides import CPU_OVERRIDES, cpu_env
-from recipe.sgsd.cpu.run import RunFolder, build_run_model, follow, write_run_data
+from recipe.sgsd.cpu.run import (EPISODE_FILES, EPISODE_RESPONSE_LENGTH, EPISODE_TURN_TOKENS, RunFolder,
+                                 build_run_model, follow, write_episode_data, write_run_data)
 
 ROOT = Path(__file__).resolve().parents[3]
 ENTRY = "recipe.sgsd.main_sgsd"
@@ -116,6 +117,11 @@ class Simulation(RunFolder):
     def student_skills(self) -> bool:
         return (self.script_value("data.train_files") or "").endswith("_skills.parquet")
 
+    @property
+    def episodes(self) -> bool:
+        """A Sokoban script (its training file is prepare_data's sokoban_train.parquet)."""
+        return Path(self.script_value("data.train_files") or "").name.startswith("sokoban")
+
     # ------------------------------------------------------------------ the rewrite
     def _scale(self, key: str) -> str | None:
         raw = self.script_value(key)
@@ -159,17 +165,20 @@ class Simulation(RunFolder):
                        "CPU attention in place of flash-attention"),
             self._swap("actor_rollout_ref.model.use_remove_padding", "false", gpu_only),
             self._swap("actor_rollout_ref.rollout.tensor_model_parallel_size", "1", "the hf rollout is one process"),
-            self._swap("data.train_files", str(data / ("train_skills.parquet" if self.student_skills
-                                                       else "train.parquet")), "the shipped MATH rows"),
-            self._swap("data.val_files", str(data / "val.parquet"), "the shipped MATH rows"),
+            *self._data_swaps(data),
             self._swap("trainer.total_training_steps", str(self.steps), "one training step"),
             self._swap("trainer.resume_mode", "disable", "a fresh run"),
             self._swap("trainer.default_local_dir", str(self.checkpoint_dir), "this run folder"),
             self._swap("trainer.logger", "[console,file]", "metrics to this run folder"),
         ]
-        if response > self.max_response_length:
-            rewrites.append(self._swap("data.max_response_length", str(self.max_response_length),
+        cap = min(self.max_response_length, EPISODE_RESPONSE_LENGTH) if self.episodes else self.max_response_length
+        if response > cap:
+            rewrites.append(self._swap("data.max_response_length", str(cap),
                                        "CPU generation time; no per-rank count depends on it"))
+        turn = int(self.script_value("sgsd.agent.max_turn_tokens", "0") or 0)
+        if self.episodes and turn > EPISODE_TURN_TOKENS:
+            rewrites.append(self._swap("sgsd.agent.max_turn_tokens", str(EPISODE_TURN_TOKENS),
+                                       "CPU generation time: short turns, several of them"))
         if lora:
             rewrites.append(self._swap("actor_rollout_ref.model.lora.merge", "true",
                                        "the hf rollout takes merged weights, vLLM the adapter", plus=True))
@@ -185,6 +194,15 @@ class Simulation(RunFolder):
         self.swapped += swapped_cpu
         return [*CPU_OVERRIDES, *kept, *rewrites]
 
+    def _data_swaps(self, data: Path) -> list[str]:
+        if self.episodes:
+            why = "seeded Sokoban levels written here (6x6, one box, 3 turns)"
+            return [self._swap("data.train_files", str(data / EPISODE_FILES[0]), why),
+                    self._swap("data.val_files", str(data / EPISODE_FILES[1]), why)]
+        return [self._swap("data.train_files", str(data / ("train_skills.parquet" if self.student_skills
+                                                          else "train.parquet")), "the shipped MATH rows"),
+                self._swap("data.val_files", str(data / "val.parquet"), "the shipped MATH rows")]
+
     # ------------------------------------------------------------------ running it
     def prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -193,6 +211,9 @@ class Simulation(RunFolder):
         self.data_dir = self.data_dir or self.workdir / "data"
         batch = int(self.script_value("data.train_batch_size", "16")) * self.ranks // self.gpus
         top_k = int(self.script_value("sgsd.top_k", "8"))
+        if self.episodes:
+            write_episode_data(self.data_dir, max(64, 4 * batch), max(batch, 4))
+            return
         write_run_data(self.data_dir, max(64, 4 * batch), max(batch, 4), student_skills=self.student_skills,
                        top_k=top_k)
 

@@ -83,6 +83,30 @@ def test_the_grpo_script_and_a_frozen_variant_keep_their_per_rank_counts(tmp_pat
     assert cpu.sgsd.teacher == "frozen"
 
 
+@pytest.mark.parametrize("script", ["run_grpo_qwen3_4b_sokoban.sh", "run_skillsd_qwen3_4b_sokoban.sh",
+                                    "run_sdar_qwen3_4b_sokoban.sh", "run_sgsd_qwen3_4b_sokoban.sh"])
+def test_the_sokoban_scripts_simulate_on_episode_data_with_their_per_rank_counts(tmp_path, script):
+    """The Sokoban scripts keep their per-rank counts on 2 CPU ranks, train on episode rows
+    written here, and cap what only sets CPU generation time (the turn and trajectory budgets)."""
+    sim = _simulation(tmp_path, script)
+    assert sim.episodes
+    overrides = sim.overrides()
+    swapped = {c.key: c.after for c in sim.swapped}
+    assert swapped["data.train_files"] == str(tmp_path / "data" / "sokoban_train.parquet")
+    assert swapped["data.val_files"] == str(tmp_path / "data" / "sokoban_test.parquet")
+    assert swapped["sgsd.agent.max_turn_tokens"] == "24" and int(swapped["data.max_response_length"]) <= 448
+    gpu, cpu = compose(sim.script_overrides), compose(overrides)
+    for key in (f"{AR}.rollout.n", "sgsd.method", "sgsd.distill_coef", "sgsd.skills.files", "sgsd.bank_path",
+                f"{AR}.actor.optim.lr", f"{AR}.rollout.log_prob_max_token_len_per_gpu"):
+        assert _select(cpu, key) == _select(gpu, key), key
+    assert compare_geometries(geometry_of(gpu), geometry_of(cpu)) == []
+    sim.prepare()  # the levels: episode rows, the test boards disjoint from the training ones
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "data" / "sokoban_train.parquet").to_pylist()
+    assert rows[0]["agent_name"] == "sgsd_episode" and rows[0]["extra_info"]["env"]["name"] == "sokoban"
+
+
 def test_a_count_that_does_not_scale_is_refused(tmp_path):
     with pytest.raises(SimulationError, match="3 CPU ranks cannot stand in for 8 GPUs"):
         _simulation(tmp_path, "run_sgsd_qwen3_8b.sh", ranks=3).overrides()
