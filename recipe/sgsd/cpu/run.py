@@ -235,6 +235,26 @@ def write_episode_data(folder: Path, train_rows: int, val_rows: int) -> Path:
     return folder
 
 
+def episode_floor(folder: Path) -> str:
+    """The reward signal's bar on the run's levels: the scripted solver solves them all (the
+    reward is reachable), and the random policy's success on the validation levels."""
+    import pyarrow.parquet as pq
+
+    from sgsd.envs import level_from_spec
+    from sgsd.envs.sokoban import random_policy, solve
+
+    found = {}
+    for name in EPISODE_FILES:
+        found[name] = [level_from_spec(row["env"]) for row in pq.read_table(folder / name, columns=["extra_info"])
+                       .column("extra_info").to_pylist()]
+    solved = sum(solve(level) is not None for group in found.values() for level in group)
+    floor = random_policy(found[EPISODE_FILES[1]], seed=0)
+    return (f"[cpu_run] levels: {len(found[EPISODE_FILES[0]])} train, {len(found[EPISODE_FILES[1]])} validation "
+            f"(disjoint boards); the scripted solver solves {solved}/{sum(map(len, found.values()))}; a random policy "
+            f"solves {floor['success_rate']:.2f} of the validation levels in {EPISODE_LEVEL['max_turns']} turns "
+            f"(the floor)")
+
+
 # The demo shows one online bank update (Alg. 4) with the policy as its writer: every 2
 # steps, on a small sample, with a short reply budget (the random tiny model writes noise,
 # which the updater counts as parse failures; the bank stays valid).
@@ -286,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     log_path = run.workdir / "train.log"
     what = f"{args.variant or estimator} on CPU, {run.steps} steps" + (f", resuming after step {done_steps}"
                                                                        if done_steps else "")
+    if run.task == "sokoban":
+        run.prepare()
+        print(episode_floor(run.data_dir))
     print(f"[cpu_run] {what}: verl's trainer starts (a minute or two); its full output goes to {log_path}")
     run.workdir.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:

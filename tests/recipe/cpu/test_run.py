@@ -53,3 +53,28 @@ def test_the_console_shows_one_line_per_step_and_the_bank_update(live_run, capsy
     assert cpu_run.follow(live_run, finished, first_step=3, interval=0) == 0
     assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if "step " in line[:16]] == [
         "[cpu_run] step 3/3"]
+
+
+def test_the_sokoban_demo_writes_disjoint_levels_and_states_the_reward_floor(tmp_path):
+    """TASK=sokoban: episode rows for the agent loop, validation boards disjoint from training,
+    and the line that shows the reward is real (the solver solves every level) with its floor."""
+    import pyarrow.parquet as pq
+
+    from recipe.sgsd.cpu.run import EPISODE_FILES, episode_floor, write_episode_data
+    from sgsd.envs import level_from_spec
+    from sgsd.envs.sokoban import generate, render
+
+    write_episode_data(tmp_path, 6, 3)
+    boards = {}
+    for name in EPISODE_FILES:
+        rows = pq.read_table(tmp_path / name).to_pylist()
+        assert {r["agent_name"] for r in rows} == {"sgsd_episode"}
+        boards[name] = {render(generate(level_from_spec(r["extra_info"]["env"]))) for r in rows}
+    assert not boards[EPISODE_FILES[0]] & boards[EPISODE_FILES[1]]
+    line = episode_floor(tmp_path)
+    assert "6 train, 3 validation" in line and "solver solves 9/9" in line and "random policy solves" in line
+    run = CPURun(tmp_path / "run", task="sokoban", variant="sdar", data_dir=tmp_path, model_dir=tmp_path)
+    overrides = run.overrides()
+    assert f"data.train_files={tmp_path / EPISODE_FILES[0]}" in overrides and "sgsd.skills.files=sokoban" in overrides
+    with pytest.raises(ValueError, match="unknown task 'chess'"):
+        CPURun(tmp_path, task="chess")
