@@ -134,7 +134,9 @@ class EpisodeAgentLoop(AgentLoopBase):
             response_ids=response_ids[: self.response_length],
             response_mask=response_mask[: self.response_length],
             response_logprobs=response_logprobs[: self.response_length] if response_logprobs else None,
-            num_turns=2 * len(turns),  # verl counts the messages after the prompt: replies and observations
+            # verl counts every message, the task message included (its single-turn loop: 2): T replies,
+            # T - 1 observations in the trajectory
+            num_turns=2 * len(turns),
             metrics=metrics,
             extra_fields={**server_fields, EPISODE_KEY: outcome, TRANSCRIPT_KEY: transcript, "turn_scores": [],
                           "tool_rewards": []},
