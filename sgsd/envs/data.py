@@ -6,7 +6,9 @@ One row per level::
     prompt        [{"role": "user", "content": SokobanEnv(level).task_prompt()}]   ONE message
     ability       "agent"
     agent_name    "sgsd_episode"   (EPISODE_AGENT: verl's agent-loop worker picks the loop by it)
-    reward_model  {"style": "env", "ground_truth": ""}   the environment decides the reward
+    reward_model  {"style": "env", "ground_truth": "left, up, ..."}   a shortest solution (the BFS
+                  solver's); the environment decides the reward, this is the privileged answer an
+                  answer-conditioned teacher sees (OPSD), never the student or the skill writers
     extra_info    {"problem": <the task prompt>, "index", "split", "env": level.to_spec()}
 
 ``extra_info.env`` is the level itself (seed, size, boxes, turn limit), from which the agent
@@ -22,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sgsd.envs import level_from_spec
-from sgsd.envs.sokoban import SokobanEnv, SokobanLevel
+from sgsd.envs.sokoban import SokobanEnv, SokobanLevel, solve
 
 __all__ = ["EPISODE_AGENT", "EPISODE_SPLITS", "episode_rows", "episode_schema", "episode_spec", "is_episode"]
 
@@ -46,7 +48,7 @@ def episode_rows(levels: Sequence[SokobanLevel], split: str, data_source: str = 
             "prompt": [{"role": "user", "content": task}],
             "ability": "agent",
             "agent_name": EPISODE_AGENT,
-            "reward_model": {"style": "env", "ground_truth": ""},
+            "reward_model": {"style": "env", "ground_truth": ", ".join(solve(level) or ())},
             "extra_info": {"problem": task, "index": i, "split": split, "env": level.to_spec()},
         })
     return rows

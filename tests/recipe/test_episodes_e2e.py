@@ -1,5 +1,5 @@
 """Sokoban episodes through verl's real trainer on CPU (``--all``): each mode (SGSD, GRPO,
-Skill-SD, SDAR) trains two steps on multi-turn episodes played by the agent loop
+Skill-SD, SDAR, OPSD) trains two steps on multi-turn episodes played by the agent loop
 ``sgsd_episode`` against the ``hf`` rollout server. The in-process checks of the same path (the
 agent loop, masking, the teacher pass, the records) are tests/recipe/test_agent_loop.py, in the
 default tier."""
@@ -13,35 +13,51 @@ import pytest
 import torch
 
 from recipe.sgsd.cpu.run import EPISODE_FILES, EPISODE_LEVEL, CPURun
+from sgsd.datasets import resolve
+from sgsd.skill_sources import load_skill_files
 from tests.tiny_policy import LOGGED_TOLERANCE, load_model, response_log_probs
 
 pytestmark = [pytest.mark.slow, pytest.mark.sweep]
 
 USER_TURN = re.compile(r"\n?<\|im_start\|>user\n(?P<observation>.*)<\|im_end\|>\n<\|im_start\|>assistant\n"
                        r"(<think>\n\n</think>\n\n)?", re.DOTALL)
-MODES = {"sgsd": {}, "grpo": {"estimator": "grpo"}, "skill_sd": {"variant": "skill_sd"}, "sdar": {"variant": "sdar"}}
+SOKOBAN_SKILLS = load_skill_files(resolve("sokoban", "skills"))
+MODES = {"sgsd": {}, "grpo": {"estimator": "grpo"}, "skill_sd": {"variant": "skill_sd"}, "sdar": {"variant": "sdar"},
+         "opsd": {"variant": "opsd"}}
+
+
+class EpisodeRuns:
+    """Each mode's two-step run, launched the first time a test asks for it (``-k sdar`` launches
+    SDAR alone); every mode trains on the same levels and tiny model."""
+
+    def __init__(self, tmp_path_factory, model_dir):
+        self.factory, self.model_dir, self.runs = tmp_path_factory, model_dir, {}
+        self.data = tmp_path_factory.mktemp("sokoban_data")
+
+    def __getitem__(self, mode: str) -> CPURun:
+        if mode not in self.runs:
+            workdir = self.factory.mktemp(f"sokoban_{mode}")
+            group = mode in ("grpo", "skill_sd", "sdar")
+            extra = ["sgsd.update.freq=2", "sgsd.update.max_new_tokens=16", "sgsd.update.max_memories=2",
+                     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+                     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+                     "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2"]
+            run = CPURun(workdir, steps=2, batch_size=2, rollout_n=2 if group else 1, task="sokoban", train_rows=4,
+                         model_dir=self.model_dir, data_dir=self.data, extra=extra,
+                         env={"SGSD_DEBUG_DUMP_DIR": str(workdir / "dump")}, **MODES[mode])
+            done = run.run(capture=True, timeout=900)
+            assert done.returncode == 0, (mode, done.stdout[-3000:], done.stderr[-3000:])
+            self.runs[mode] = run
+        return self.runs[mode]
 
 
 @pytest.fixture(scope="module")
 def episode_runs(tmp_path_factory, run_model_dir):
-    """The four modes, two steps each, on one shared set of levels."""
     from recipe.sgsd.cpu.backend import gpu_present
 
     if gpu_present():
         pytest.skip("the CPU backend stays off on GPU machines")
-    data = tmp_path_factory.mktemp("sokoban_data")
-    runs = {}
-    for mode, kwargs in MODES.items():
-        workdir = tmp_path_factory.mktemp(f"sokoban_{mode}")
-        sibling = mode in ("skill_sd", "sdar")
-        extra = ["sgsd.update.freq=2", "sgsd.update.max_new_tokens=16", "sgsd.update.max_memories=2"]
-        run = CPURun(workdir, steps=2, batch_size=2, rollout_n=2 if sibling or mode == "grpo" else 1, task="sokoban",
-                     train_rows=4, model_dir=run_model_dir, data_dir=data, extra=extra,
-                     env={"SGSD_DEBUG_DUMP_DIR": str(workdir / "dump")}, **kwargs)
-        done = run.run(capture=True, timeout=900)
-        assert done.returncode == 0, (mode, done.stdout[-3000:], done.stderr[-3000:])
-        runs[mode] = run
-    return runs
+    return EpisodeRuns(tmp_path_factory, run_model_dir)
 
 
 def _dump(run, step):
@@ -59,14 +75,15 @@ def test_every_mode_trains_on_episodes_and_logs_their_outcome(episode_runs, mode
         assert 1 <= m["episode/turns"] <= EPISODE_LEVEL["max_turns"]
         assert 0 <= m["episode/invalid_rate"] <= 1 and m["critic/score/mean"] == m["episode/solved"]
         assert m["training/num_turns/mean"] == 2 * m["episode/turns"]  # replies and observations
-    key = {"sgsd": "sgsd/loss", "grpo": None, "skill_sd": "sgsd/skill_sd/loss", "sdar": "sgsd/sdar/loss"}[mode]
+    key = {"sgsd": "sgsd/loss", "grpo": None, "skill_sd": "sgsd/skill_sd/loss", "sdar": "sgsd/sdar/loss",
+           "opsd": "sgsd/loss"}[mode]
     if key is None:
         assert not any(k.startswith("sgsd/") for k in steps[1])  # verl's own GRPO
     else:
         assert math.isfinite(steps[1][key])
 
 
-@pytest.mark.parametrize("mode", ["sgsd", "sdar"])
+@pytest.mark.parametrize("mode", ["sgsd", "sdar", "opsd"])
 def test_the_trainer_masks_observations_and_its_teachers_score_the_whole_trajectory(episode_runs, mode,
                                                                                     run_tokenizer):
     """In the real trainer's batch: every masked-out span of a response is exactly an
@@ -104,8 +121,13 @@ def test_the_trainer_masks_observations_and_its_teachers_score_the_whole_traject
         assert (expected - dump["scored"][j].float()).abs().mean().item() < LOGGED_TOLERANCE
         teacher_prompt = run_tokenizer.decode(dump["prompt_ids"][j])
         assert dump["problems"][owner] in teacher_prompt  # the task message, verbatim
-        if mode == "sdar":  # the shipped Sokoban skill file (the CPU run's sgsd.skills.files=sokoban)
-            assert "[Privileged Skill Information]" in teacher_prompt and "Never push a box into a corner" in teacher_prompt
+        if mode == "opsd":  # the privileged answer: a shortest solution of the level (the rows' ground truth)
+            [row] = [r for r in rows if r["extra_info"]["problem"] == dump["problems"][owner]]
+            assert "The verified final answer is: " + row["reward_model"]["ground_truth"] in teacher_prompt
+        if mode == "sdar":  # the shipped Sokoban skill file (the CPU run's sgsd.skills.files=sokoban),
+            # cut from its start to fit sgsd.max_teacher_prompt_length (SDAR's left truncation)
+            assert teacher_prompt.startswith("[Privileged Skill Information]\n")
+            assert any(skill.text[-80:] in teacher_prompt for skill in SOKOBAN_SKILLS)
 
 
 def test_episodes_reach_the_bank_writer(episode_runs):

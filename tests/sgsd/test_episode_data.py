@@ -35,12 +35,18 @@ def test_episode_rows_layout():
     assert EPISODE_AGENT == "sgsd_episode"
     for i, (row, level) in enumerate(zip(rows, chosen)):
         task = SokobanEnv(level).task_prompt()
+        # the privileged answer (OPSD's teacher): a shortest solution, which solves the level
+        solution = row["reward_model"]["ground_truth"].split(", ")
+        env = SokobanEnv(level)
+        for move in solution:
+            env.step("<answer>" + move + "</answer>")
+        assert env.outcome().solved and env.turns == len(solve(level))
         assert row == {
             "data_source": "sokoban",
             "prompt": [{"role": "user", "content": task}],
             "ability": "agent",
             "agent_name": "sgsd_episode",
-            "reward_model": {"style": "env", "ground_truth": ""},
+            "reward_model": {"style": "env", "ground_truth": ", ".join(solution)},
             "extra_info": {"problem": task, "index": i, "split": "train",
                            "env": {"name": "sokoban", "seed": level.seed, "size": [7, 7], "boxes": 2,
                                    "max_turns": 30}},

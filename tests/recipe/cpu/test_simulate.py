@@ -290,3 +290,20 @@ def test_sdar_on_the_8b_grpo_script_trains_one_step_on_two_cpu_ranks(tmp_path, r
                             batch_num_tokens=d["batch_num_tokens"].item())
         ref = sdar_loss(d["student"], d["teacher"], d["mask"], SDARConfig(), batch)
         assert d["loss"].item() == pytest.approx(ref.loss.item(), rel=1e-5, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- Sokoban, 2 ranks (--all)
+@pytest.mark.slow
+@pytest.mark.sweep
+def test_the_sokoban_sdar_script_trains_one_step_on_two_cpu_ranks(tmp_path, run_model_dir, capsys):
+    """The SDAR Sokoban command (n = 8, 16 levels on 8 GPUs -> 4 levels x 8 episodes on 2 ranks):
+    multi-turn episodes through the agent loop on both ranks, its teacher on the Sokoban skills."""
+    code = simulate.main([str(SCRIPTS / "run_sdar_qwen3_4b_sokoban.sh"), "--workdir", str(tmp_path / "sim"),
+                          "--model-dir", str(run_model_dir)])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "[simulate] swapped sgsd.agent.max_turn_tokens: 512 -> 24" in out
+    assert "[simulate] geometry on CPU ranks: 2 ranks, DP 2, 32 rollouts per step" in out
+    step = {r["step"]: r["data"] for r in map(json.loads, (tmp_path / "sim" / "metrics.jsonl").open())}[1]
+    assert math.isfinite(step["sgsd/sdar/loss"]) and 1 <= step["episode/turns"] <= 3
+    assert step["training/num_turns/mean"] == 2 * step["episode/turns"]
