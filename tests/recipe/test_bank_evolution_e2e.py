@@ -103,7 +103,8 @@ def test_sgsd_plot_draws_the_evolved_run(evolution_runs, tmp_path):
     run = load_run(second.workdir)
     assert [s.step for s in run.snapshots] == [2, 4, 6, None]
     rendered = render([run], tmp_path)
-    sgsd_panels = tuple(p for p in PANELS if p not in ("skill_sd", "sdar", "rlsd"))  # the sibling methods'
+    # the sibling methods' panels and the episodes panel: a math SGSD run logs neither
+    sgsd_panels = tuple(p for p in PANELS if p not in ("skill_sd", "sdar", "rlsd", "episodes"))
     assert rendered.files == tuple(tmp_path / f"{p}.png" for p in sgsd_panels)
     assert [n.split(":")[0] for n in rendered.notes] == ["skill_sd.png", "sdar.png", "rlsd.png"]
     assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 15_000 for f in rendered.files)
