@@ -47,7 +47,6 @@ logger = logging.getLogger(__file__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
 
-
 def agent_settings(config) -> Any:
     """``sgsd.agent`` of a verl config (the defaults when the config has no ``sgsd`` section)."""
     from omegaconf import OmegaConf
