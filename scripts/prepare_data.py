@@ -183,7 +183,8 @@ def student_guidance(problems, bank: str, top_k: int, encoder: str):
 def write_sokoban(args: argparse.Namespace) -> None:
     """The train and test episode files, then the solver's check and the random-policy floor."""
     from sgsd.envs.data import episode_rows
-    from sgsd.envs.sokoban import generate, levels, random_policy, render, solve
+    from sgsd.envs.sokoban import generate, levels, render
+    from sgsd.envs.sokoban_solver import random_policy, solve
 
     data_source = args.data_source or SOKOBAN
     folder = (args.output_dir or DEFAULT_DIR).expanduser()

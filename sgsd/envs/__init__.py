@@ -14,42 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sgsd.envs.sokoban import (
-    ACTIONS,
-    LEGEND,
-    Board,
-    EpisodeOutcome,
-    LevelGenerationError,
-    SokobanEnv,
-    SokobanLevel,
-    StepResult,
-    generate,
-    levels,
-    parse_action,
-    random_policy,
-    render,
-    solve,
-)
+from sgsd.envs.sokoban import SokobanEnv, SokobanLevel
 
-__all__ = [
-    "ACTIONS",
-    "ENV_NAMES",
-    "LEGEND",
-    "Board",
-    "EpisodeOutcome",
-    "LevelGenerationError",
-    "SokobanEnv",
-    "SokobanLevel",
-    "StepResult",
-    "generate",
-    "level_from_spec",
-    "levels",
-    "make_env",
-    "parse_action",
-    "random_policy",
-    "render",
-    "solve",
-]
+__all__ = ["ENV_NAMES", "level_from_spec", "make_env"]  # each environment's names live in its module
 
 # name -> (level type, environment type)
 _ENVS = {"sokoban": (SokobanLevel, SokobanEnv)}

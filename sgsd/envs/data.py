@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sgsd.envs import level_from_spec
-from sgsd.envs.sokoban import SokobanEnv, SokobanLevel, solve
+from sgsd.envs.sokoban import SokobanEnv, SokobanLevel
+from sgsd.envs.sokoban_solver import solve
 
 __all__ = ["EPISODE_AGENT", "EPISODE_SPLITS", "episode_rows", "episode_schema", "episode_spec", "is_episode"]
 

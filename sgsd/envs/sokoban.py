@@ -2,8 +2,8 @@
 
 Levels come from TextArena 0.7.4's generator (``textarena.envs.Sokoban.utils.generate_room``,
 MIT): a random-walk room, boxes placed on their targets, then pulled away by a reverse-play
-search, so every level is solvable by construction (:func:`solve` checks it). Only the
-generator is used; the move rules, the prompts and the observations are this module's.
+search, so every level is solvable by construction (:func:`sgsd.envs.sokoban_solver.solve`
+checks it). Only the generator is used; the move rules, the prompts and the observations are this module's.
 
 A level is a :class:`SokobanLevel` (seed, size, boxes, turn limit), stored in data files as
 its :meth:`~SokobanLevel.to_spec` dict. :func:`generate` turns it into a :class:`Board`, always
@@ -36,13 +36,14 @@ import numbers
 import random
 import re
 import threading
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+from sgsd.parsing import strip_thinking
 
 __all__ = [
     "ACTIONS",
@@ -62,9 +63,7 @@ __all__ = [
     "generate",
     "levels",
     "parse_action",
-    "random_policy",
     "render",
-    "solve",
 ]
 
 NAME = "sokoban"
@@ -365,8 +364,6 @@ def generate(level: SokobanLevel) -> Board:
 
 # ----------------------------------------------------------------------------- replies
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
-_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
-_THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
 # the content may not hold another opening tag: "<answer>a <answer>up</answer>" answers "up"
 _ANSWER = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.IGNORECASE | re.DOTALL)
 
@@ -381,13 +378,8 @@ def parse_action(reply: str) -> str | None:
     """
     if not isinstance(reply, str):
         return None
-    text = _THINK_BLOCK.sub(" ", reply)
-    closes = list(_THINK_CLOSE.finditer(text))
-    if closes:
-        text = text[closes[-1].end():]
-    opened = _THINK_OPEN.search(text)
-    if opened:
-        text = text[:opened.start()]
+    # whole blocks go first (an answer between two blocks counts), then the lone tags' sides
+    text = strip_thinking(_THINK_BLOCK.sub(" ", reply))
     answers = _ANSWER.findall(text)
     if not answers:
         return None
@@ -531,73 +523,3 @@ class SokobanEnv:
         return EpisodeOutcome(solved=self._board.solved,
                               boxes_on_target=self._board.boxes_on_target / len(self._board.boxes),
                               turns=self._turns, invalid_actions=self._invalid)
-
-
-# ----------------------------------------------------------------------------- solver, baseline
-def solve(level_or_board: SokobanLevel | Board, max_states: int = 200_000) -> list[str] | None:
-    """The shortest move list solving a level (or a board), by breadth-first search over
-    (player, boxes) states; ``[]`` for a solved board, None when no solution is found
-    within ``max_states`` distinct states (or none exists)."""
-    board = generate(level_or_board) if isinstance(level_or_board, SokobanLevel) else level_or_board
-    if not isinstance(board, Board):
-        raise ValueError(f"solve takes a SokobanLevel or a Board, got {type(board).__name__}")
-    max_states = _integer(max_states, "max_states", 1)
-    if board.solved:
-        return []
-    # Cells as ints (row * width + column) keep the states small and fast to hash; the
-    # neighbour table is None where a move leaves the free cells (wall or edge).
-    w = board.width
-    free = [(r, c) for r in range(board.height) for c in range(w) if (r, c) not in board.walls]
-    index = {(r, c): r * w + c for r, c in free}
-    neighbour = {index[(r, c)]: [index.get((r + dr, c + dc)) for dr, dc in (_DELTAS[a] for a in ACTIONS)]
-                 for r, c in free}
-    targets = frozenset(index[c] for c in board.targets)
-    start = (index[board.player], frozenset(index[c] for c in board.boxes))
-    parents: dict[tuple[int, frozenset[int]], tuple[tuple[int, frozenset[int]], str] | None] = {start: None}
-    queue = deque([start])
-    while queue:
-        state = queue.popleft()
-        player, boxes = state
-        for a, action in enumerate(ACTIONS):
-            ahead = neighbour[player][a]
-            if ahead is None:
-                continue
-            if ahead in boxes:
-                beyond = neighbour[ahead][a]
-                if beyond is None or beyond in boxes:
-                    continue
-                nxt = (ahead, (boxes - {ahead}) | {beyond})
-            else:
-                nxt = (ahead, boxes)
-            if nxt in parents:
-                continue
-            parents[nxt] = (state, action)
-            if nxt[1] <= targets:
-                moves = []
-                node: tuple[int, frozenset[int]] = nxt
-                while (link := parents[node]) is not None:
-                    node, move = link
-                    moves.append(move)
-                return moves[::-1]
-            if len(parents) >= max_states:
-                return None
-            queue.append(nxt)
-    return None
-
-
-def random_policy(levels: Iterable[SokobanLevel], seed: int = 0) -> dict[str, Any]:
-    """Uniformly random moves (``<answer>left</answer>`` replies) on every level until its
-    episode ends: the floor a trained policy must beat. Means over the episodes."""
-    rng = random.Random(_integer(seed, "seed"))
-    outcomes = []
-    for level in levels:
-        env = SokobanEnv(level)
-        while not env.done:
-            env.step("<answer>" + rng.choice(ACTIONS) + "</answer>")
-        outcomes.append(env.outcome())
-    if not outcomes:
-        raise ValueError("random_policy needs at least one level")
-    mean = lambda values: float(sum(values) / len(outcomes))  # noqa: E731
-    return {"episodes": len(outcomes), "success_rate": mean(o.solved for o in outcomes),
-            "boxes_on_target": mean(o.boxes_on_target for o in outcomes),
-            "turns": mean(o.turns for o in outcomes), "invalid_rate": mean(o.invalid_rate for o in outcomes)}

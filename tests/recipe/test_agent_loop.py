@@ -159,7 +159,8 @@ def test_rollout_log_probs_align_with_the_response(tiny_episodes):
 
 
 def test_a_solved_episode_ends_when_solved_and_scores_one(backend_env, run_tokenizer):
-    from sgsd.envs.sokoban import SokobanLevel, solve
+    from sgsd.envs.sokoban import SokobanLevel
+    from sgsd.envs.sokoban_solver import solve
     from sgsd.verifier import compute_score
 
     row = rows(1, "test", max_turns=30)[0]

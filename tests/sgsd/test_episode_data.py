@@ -11,7 +11,8 @@ import pytest
 
 from sgsd.envs import make_env
 from sgsd.envs.data import EPISODE_AGENT, episode_rows, episode_schema, episode_spec, is_episode
-from sgsd.envs.sokoban import SokobanEnv, SokobanLevel, levels, solve
+from sgsd.envs.sokoban import SokobanEnv, SokobanLevel, levels
+from sgsd.envs.sokoban_solver import solve
 from sgsd.verl_data import write_parquet
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,10 +25,9 @@ from sgsd.envs.sokoban import (
     generate,
     levels,
     parse_action,
-    random_policy,
     render,
-    solve,
 )
+from sgsd.envs.sokoban_solver import random_policy, solve
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -241,7 +241,7 @@ def episode_floor(folder: Path) -> str:
     import pyarrow.parquet as pq
 
     from sgsd.envs import level_from_spec
-    from sgsd.envs.sokoban import random_policy, solve
+    from sgsd.envs.sokoban_solver import random_policy, solve
 
     found = {}
     for name in EPISODE_FILES:

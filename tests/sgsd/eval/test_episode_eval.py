@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from sgsd.envs import SokobanEnv, solve
+from sgsd.envs.sokoban import SokobanEnv
+from sgsd.envs.sokoban_solver import solve
 from sgsd.envs.play import play_episodes
 from sgsd.envs.sokoban import levels
 from sgsd.eval.episodes import SOKOBAN_LEVELS
