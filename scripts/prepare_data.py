@@ -13,6 +13,10 @@ package, so ``python -m scripts.prepare_data`` would find the wrong one)::
     python3 scripts/prepare_data.py --input my.jsonl --output ~/data/sgsd/my.parquet --split train
     python3 scripts/prepare_data.py --dataset math500 --shuffle --seed 1 --limit 100
 
+    # the rulebook (sgsd/rulebook.py): a synthetic task the CPU runs learn; disjoint splits
+    python3 scripts/prepare_data.py --dataset rulebook   # -> ~/data/sgsd/rulebook_{train,val,test}.parquet
+    python3 scripts/prepare_data.py --dataset rulebook --train-count 4000 --seed 1 --output-dir DIR
+
     # Sokoban episodes (multi-turn, sgsd/envs): seeded levels, test seeds disjoint from train's
     python3 scripts/prepare_data.py --dataset sokoban    # -> ~/data/sgsd/sokoban_{train,test}.parquet
     python3 scripts/prepare_data.py --dataset sokoban --size 7x7 --boxes 2 --max-turns 40 \
@@ -27,7 +31,9 @@ Shipped sets: math_train, gsm8k (split train); aime24, aime25, hmmt25, amc2023, 
 (split test). ``--input`` takes JSONL/JSON/parquet of ``problem``/``answer`` rows (+ optional
 ``solution``). DAPO-Math-17k is de-duplicated, stripped of its own answer-format
 instruction and, by default, reduced to its English problems (``--language all`` keeps all).
-``--dataset sokoban`` writes two files of episode rows (``sgsd/envs/data.py``; TextArena's
+``--dataset rulebook`` writes three files (train, val, test) of the synthetic rulebook task, whose
+problems' splits are disjoint by construction; ``--seed`` draws the problems. ``--dataset sokoban``
+writes two files of episode rows (``sgsd/envs/data.py``; TextArena's
 level generator, ``pip install 'sgsd-verl[agents]'``) and prints the scripted solver's check
 of every level and the random-policy floor on the test levels.
 Bad input exits 2 with one line naming the file, the line and the field.
@@ -64,6 +70,9 @@ SOKOBAN = "sokoban"
 # --dataset sokoban's defaults: 6x6 rooms, one box, 20 turns (sgsd eval's built-in levels are
 # its first 100 test levels); 3200 train levels = one pass of the GPU scripts' 200 steps x 16
 SOKOBAN_DEFAULTS = {"size": "6x6", "boxes": 1, "max_turns": 20, "train_count": 3200, "test_count": 100}
+RULEBOOK = "rulebook"
+# --dataset rulebook's defaults: the counts per split (the splits hold ~12.7k / 1.8k / 3.6k problems)
+RULEBOOK_DEFAULTS = {"train_count": 2000, "val_count": 300, "test_count": 600}
 RETRIEVAL_SH = Path(__file__).resolve().parent / "lib" / "retrieval.sh"
 
 
@@ -77,8 +86,9 @@ def gpu_retrieval_defaults(path: Path = RETRIEVAL_SH) -> dict[str, str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gpu = gpu_retrieval_defaults()
     parser = argparse.ArgumentParser(prog="prepare_data.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=[*SHIPPED_SETS, DAPO_NAME, SOKOBAN],
-                        help="a shipped set, dapo-math-17k, or sokoban (seeded episode levels)")
+    parser.add_argument("--dataset", choices=[*SHIPPED_SETS, DAPO_NAME, RULEBOOK, SOKOBAN],
+                        help="a shipped set, dapo-math-17k, rulebook (the synthetic task), or sokoban (seeded "
+                             "episode levels)")
     parser.add_argument("--input", type=Path, help="JSONL/JSON/parquet of problem/answer rows (with "
                         "--dataset dapo-math-17k: a local copy of DAPO's parquet)")
     parser.add_argument("--output", type=Path, help="parquet to write (default ~/data/sgsd/<data source>.parquet)")
@@ -88,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="keep the first N problems (after --shuffle)")
     parser.add_argument("--shuffle", action="store_true", help="shuffle before --limit")
     parser.add_argument("--seed", type=int, help="shuffle seed (default 0; needs --shuffle); with --dataset "
-                        "sokoban: the level family (default 0)")
+                        "sokoban: the level family, with rulebook: the problems drawn (default 0)")
     parser.add_argument("--language", choices=["en", "all"], default="en",
                         help="DAPO-Math-17k only: en = the English subset the paper trains on (default)")
     parser.add_argument("--student-skills", metavar="BANK",
@@ -106,13 +116,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sokoban.add_argument("--boxes", type=int, help=f"boxes per level, 1..6 (default {SOKOBAN_DEFAULTS['boxes']})")
     sokoban.add_argument("--max-turns", type=int,
                          help=f"replies per episode, 1..200 (default {SOKOBAN_DEFAULTS['max_turns']})")
-    sokoban.add_argument("--train-count", type=int,
-                         help=f"training levels (default {SOKOBAN_DEFAULTS['train_count']})")
-    sokoban.add_argument("--test-count", type=int, help=f"test levels (default {SOKOBAN_DEFAULTS['test_count']})")
-    sokoban.add_argument("--output-dir", type=Path,
-                         help="folder of <data source>_train.parquet and <data source>_test.parquet "
-                              "(default ~/data/sgsd)")
+    counts = parser.add_argument_group("--dataset sokoban | rulebook")
+    counts.add_argument("--train-count", type=int, help=f"training levels (default {SOKOBAN_DEFAULTS['train_count']}) "
+                        f"or problems ({RULEBOOK_DEFAULTS['train_count']})")
+    counts.add_argument("--test-count", type=int, help=f"test levels (default {SOKOBAN_DEFAULTS['test_count']}) or "
+                        f"problems ({RULEBOOK_DEFAULTS['test_count']})")
+    counts.add_argument("--val-count", type=int, help=f"rulebook only: validation problems "
+                        f"(default {RULEBOOK_DEFAULTS['val_count']})")
+    counts.add_argument("--output-dir", type=Path,
+                        help="folder of <data source>_<split>.parquet (default ~/data/sgsd)")
     args = parser.parse_args(argv)
+    if args.dataset == RULEBOOK:
+        given = [f"--{name.replace('_', '-')}" for name in ("input", "output", "split", "limit", "size", "boxes",
+                                                            "max_turns") if getattr(args, name) is not None]
+        if given or args.shuffle:
+            parser.error(f"--dataset {RULEBOOK} writes its own train, val and test files; it takes no "
+                         f"{', '.join(given + ['--shuffle'] * args.shuffle)}")
+        for name, default in RULEBOOK_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+            if getattr(args, name) < 1:
+                parser.error(f"--{name.replace('_', '-')} must be >= 1")
+        return args
+    if args.val_count is not None:
+        parser.error(f"--val-count goes with --dataset {RULEBOOK} only")
     if args.dataset == SOKOBAN:
         given = [f"--{name.replace('_', '-')}" for name in ("input", "output", "split", "limit", "student_skills")
                  if getattr(args, name) is not None] + ["--shuffle"] * args.shuffle
@@ -132,7 +159,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     given = [f"--{name.replace('_', '-')}" for name in (*SOKOBAN_DEFAULTS, "output_dir")
              if getattr(args, name) is not None]
     if given:
-        parser.error(f"{', '.join(given)} go with --dataset {SOKOBAN} only")
+        parser.error(f"{', '.join(given)} go with --dataset {SOKOBAN} (or {RULEBOOK}) only")
     if args.dataset is None and args.input is None:
         parser.error("give --dataset or --input")
     if args.dataset is not None and args.dataset != DAPO_NAME and args.input is not None:
@@ -215,8 +242,40 @@ def write_sokoban(args: argparse.Namespace) -> None:
     print(f"test levels whose start board is also a train level's: {shared}/{len(written['test'])}")
 
 
+def write_rulebook(args: argparse.Namespace) -> None:
+    """The train, val and test files of the rulebook task (with ``--student-skills``, also the
+    train problems with their pairs in the student prompt)."""
+    from sgsd import rulebook
+
+    data_source = args.data_source or RULEBOOK
+    folder = (args.output_dir or DEFAULT_DIR).expanduser()
+    seed = 0 if args.seed is None else args.seed
+    drawn = {split: rulebook.problems(split, getattr(args, f"{'test' if split == 'test' else split}_count"), seed=seed)
+             for split in rulebook.SPLITS}
+    files = {split: to_verl_rows(problems, data_source, "train" if split == "train" else "test")
+             for split, problems in drawn.items()}
+    if args.student_skills:
+        guidance, source = student_guidance(drawn["train"], args.student_skills, args.student_skills_top_k,
+                                            args.encoder)
+        files["train_skills"] = to_verl_rows(drawn["train"], data_source, "train", student_guidance=guidance,
+                                             guidance_source=source)
+    for name, rows in files.items():  # every file built before any is written
+        output = write_parquet(rows, folder / f"{data_source}_{name}.parquet")
+        print(f"wrote {len(rows)} rows ({data_source}, {name}) to {output}")
+    per_family = {f.name: sum(p.extra["family"] == f.name for p in drawn["train"]) for f in rulebook.FAMILIES}
+    print(f"operations: {', '.join(f'{name} {n}' for name, n in per_family.items())} training problems; the splits "
+          f"share no problem (sgsd.rulebook.split_of)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.dataset == RULEBOOK:
+        try:
+            write_rulebook(args)
+        except (ImportError, ValueError, OSError) as exc:
+            print(f"prepare_data.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
+        return 0
     if args.dataset == SOKOBAN:
         try:
             write_sokoban(args)

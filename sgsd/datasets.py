@@ -40,11 +40,12 @@ __all__ = [
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BENCHMARKS = ("aime24", "aime25", "hmmt25", "amc2023", "math500")
-SKILL_BANKS = ("qwen3_1.7b", "qwen3_4b", "empty")  # empty: a bank that grows online from nothing
+# empty: a bank that grows online from nothing; rulebook: the synthetic task's guidance (sgsd/rulebook.py)
+SKILL_BANKS = ("qwen3_1.7b", "qwen3_4b", "empty", "rulebook")
 TRAIN_SETS = ("math_train", "gsm8k")
 #: static skill files for :func:`sgsd.skill_sources.load_skill_files` (SDAR's skill-file
 #: teacher); written for this project, as SDAR ships none for math (sgsd/data/README.md)
-SKILL_FILES = ("math", "sokoban")
+SKILL_FILES = ("math", "sokoban", "rulebook")
 #: kind -> (folder under DATA_DIR, shipped names, file suffix, what the error messages call it)
 SHIPPED = {
     "bank": ("skill_banks", SKILL_BANKS, ".json", "skill bank"),

@@ -35,6 +35,9 @@ bank.png          static and dynamic items per collection: ``sgsd/bank/<collecti
                   or the counts of the bank snapshots when the metrics lack them
 utility.png       the best and worst items of the latest bank by :func:`sgsd.item_utility.utility_score`,
                   beside the alpha-weighted share of each teacher category in their record
+learning.png      validation accuracy against step and against training time (:mod:`sgsd.learning`);
+                  runs given the same ``--name`` are the seeds of one method: their mean and a
+                  min-max band (then learning.png is the only picture)
 ================  ==========================================================================
 
 The support panel draws what the run logs: per-step means, shares and batch quantiles of
@@ -72,7 +75,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["PANELS", "PlotError", "Rendered", "build_figures", "render"]
 
 PANELS = ("training", "polarity", "support", "gate_loss", "skill_sd", "sdar", "rlsd", "episodes", "teachers",
-          "bank", "utility")
+          "bank", "utility", "learning")
 COLLECTIONS = ("general_skills", "common_mistakes")
 CATEGORY_COLOURS = {"helpful": "#2ca02c", "warning": "#1f77b4", "over_suppressive": "#ff7f0e",
                     "misleading": "#d62728", "neutral": "#9a9a9a"}
@@ -442,10 +445,16 @@ def _utility(runs: Sequence[RunData]) -> tuple[Figure | None, dict[str, str]]:
     return fig, missing
 
 
+def _learning(runs: Sequence[RunData]):
+    from sgsd.learning import accuracy_curve, learning_figure
+
+    missing = {r.name: "no validation accuracy at two steps" for r in runs if len(accuracy_curve(r)) < 2}
+    return learning_figure({r.name: [r] for r in runs if r.name not in missing}), missing
+
+
 _BUILDERS = {"training": _training, "polarity": _polarity, "support": _support, "gate_loss": _gate_loss,
              "skill_sd": _skill_sd, "sdar": _sdar, "rlsd": _rlsd, "episodes": _episodes, "teachers": _teachers,
-             "bank": _bank,
-             "utility": _utility}
+             "bank": _bank, "utility": _utility, "learning": _learning}
 
 
 # --------------------------------------------------------------------- entry points
@@ -454,10 +463,21 @@ def build_figures(runs: Sequence[RunData]) -> tuple[dict[str, Figure], list[str]
     the notes on what was left out. Nothing is written."""
     if not runs:
         raise PlotError("no run to plot")
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise PlotError(f"run names repeat ({', '.join(names)}): give each run a --name")
+    from sgsd.learning import learning_figure
+
+    methods: dict[str, list[RunData]] = {}
+    for r in runs:
+        methods.setdefault(r.name, []).append(r)
     figures, notes = {}, []
+    if len(methods) < len(runs):  # a name given to several runs: the seeds of one method
+        learning = learning_figure(methods)
+        if learning is None:
+            raise PlotError(f"runs that share a name ({', '.join(n for n, rs in methods.items() if len(rs) > 1)}) "
+                            "are seeds of one method, drawn in learning.png only, and these runs have no "
+                            "validation accuracy at two steps: give each run its own --name")
+        notes.append("runs that share a name are seeds of one method: learning.png only (one name per run "
+                     "draws every panel)")
+        return {"learning": learning}, notes
     for panel in PANELS:
         fig, missing = _BUILDERS[panel](runs)
         if fig is None:

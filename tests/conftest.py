@@ -98,13 +98,29 @@ def run_data_dir(tmp_path_factory) -> Path:
     return write_run_data(tmp_path_factory.mktemp("run_data"), train_rows=64, val_rows=4)
 
 
+@pytest.fixture(scope="session")
+def rulebook_model_dir() -> Path:
+    """The shipped model pretrained on the rulebook task (sgsd/task_model.py): real outcomes."""
+    from sgsd.task_model import shipped_model_dir
+
+    return shipped_model_dir()
+
+
+@pytest.fixture(scope="session")
+def rulebook_data_dir(tmp_path_factory) -> Path:
+    """Rulebook parquet files (train.parquet: 64 problems, val.parquet: the CPU runs' 60)."""
+    from recipe.sgsd.cpu.run import write_rulebook_data
+
+    return write_rulebook_data(tmp_path_factory.mktemp("rulebook_data"), train_rows=64)
+
+
 # The default tier's real verl launches (tests/launches.py): each runs once per session,
 # on the session's tiny model and data, when the first test that reads it starts.
 @pytest.fixture(scope="session")
-def live_run(tmp_path_factory, run_model_dir, run_data_dir):
+def live_run(tmp_path_factory, rulebook_model_dir, rulebook_data_dir):
     from tests import launches
 
-    return launches.live_run(tmp_path_factory.mktemp("live_run"), run_model_dir, run_data_dir)
+    return launches.live_run(tmp_path_factory.mktemp("live_run"), rulebook_model_dir, rulebook_data_dir)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,9 @@ once per session and read by every test that needs it (the fixtures are in tests
 ========================  ===========================================================================
 launch                    what it runs (tiny local Qwen3 and the shipped MATH rows, shared by all)
 ========================  ===========================================================================
-``live_run``              SGSD, live teacher, 3 steps; validation after every step; the policy itself
-                          writes skills at step 2 (online update through verl's rollout server)
+``live_run``              SGSD, live teacher, 3 steps on the rulebook task and its pretrained model
+                          (real outcomes); validation after every step; the policy itself writes
+                          skills at step 2 (online update through verl's rollout server)
 ``frozen_lora_run``       SGSD, frozen teacher = the actor with its LoRA adapter off, 2 steps; its
                           checkpoint has no hf_model copy (``sgsd eval --verl-checkpoint`` merges it)
 ``evolution_runs``        SGSD, frozen teacher = a separate reference model, a one-pair bank that an
@@ -21,8 +22,10 @@ GRPO                      verl's own ``verl.trainer.main_ppo`` with only the CPU
                           verl asserts (tests/recipe/cpu/test_simulate.py)
 ========================  ===========================================================================
 
-Rewards come from ``tests/alternating_reward.py`` (even dataset index = success), so every
-step holds both outcomes whatever the random model writes. ``SGSD_DEBUG_DUMP_DIR`` makes the
+``live_run`` and verl's own GRPO run train the rulebook model (sgsd/task_model.py) on its task and
+are graded by the project's verifier: real outcomes. The others train the random tiny Qwen3 on the
+shipped MATH rows, their mechanics the point; their rewards come from ``tests/alternating_reward.py``
+(even dataset index = success), so every step holds both outcomes whatever the random model writes. ``SGSD_DEBUG_DUMP_DIR`` makes the
 trainer dump what the teacher pass scored and every micro-batch the actor's loss saw.
 """
 
@@ -63,9 +66,12 @@ def _dumping(workdir: Path) -> dict[str, str]:
 
 
 def live_run(workdir: Path, model_dir: Path, data_dir: Path) -> CPURun:
+    """On the rulebook and its pretrained model (``rulebook_model_dir``/``rulebook_data_dir``): the
+    verifier's real outcomes on 8 problems a step, the rulebook bank's right and misleading items."""
     skip_on_gpu()
-    return launch(CPURun(workdir, steps=3, model_dir=model_dir, data_dir=data_dir, env=_dumping(workdir), extra=[
-        *REWARD, "sgsd.update.enable=true", "sgsd.update.freq=2", "sgsd.update.writer=policy",
+    return launch(CPURun(workdir, steps=3, batch_size=8, task="rulebook", model_dir=model_dir, data_dir=data_dir,
+                         env=_dumping(workdir), extra=[
+        "sgsd.update.enable=true", "sgsd.update.freq=2", "sgsd.update.writer=policy",
         "sgsd.update.max_memories=2", "sgsd.update.max_new_tokens=24", "sgsd.update.max_completion_chars=400",
         "trainer.test_freq=1",  # validation passes: their rollouts must not enter the bank's window
         "actor_rollout_ref.actor.optim.lr_scheduler_type=linear",  # the GPU scripts' schedule (lr_schedule.py)

@@ -1,9 +1,9 @@
 """Online bank evolution inside verl 0.9.1's real trainer on CPU (issue 4, section 6), on the
 session's shared launches (tests/launches.py):
 
-* the live run: the policy itself writes skills through verl's rollout server (whatever the
-  random tiny model writes is parsed or counted; the bank stays valid; validation rollouts
-  stay out of the window);
+* the live run (the rulebook model, real outcomes): the policy itself writes skills through
+  verl's rollout server (whatever it writes is parsed or counted; the bank stays valid;
+  validation rollouts stay out of the window, which holds the run's real successes);
 * the evolution runs: a well-behaved writer behind an OpenAI-compatible endpoint: the bank
   grows by at most N per update and never beyond C, static items stay, snapshots are
   written, retrieval sees the new items at the next step, and a resumed run starts from the
@@ -22,25 +22,28 @@ pytestmark = pytest.mark.slow
 
 
 # ----------------------------------------------------------------------------- the policy writes
-def test_the_policy_writes_through_the_rollout_server_and_every_reply_is_counted(live_run, shipped_bank):
+def test_the_policy_writes_through_the_rollout_server_and_every_reply_is_counted(live_run):
+    from sgsd.rulebook import rulebook_bank
+
     steps = by_step(live_run)
     assert sorted(steps) == [1, 2, 3]
     update = steps[2]
     assert "sgsd/update/requests" not in steps[1]  # updates only every freq steps
-    # 2 steps x 4 training rollouts; the 4 validation rollouts after step 1 are not in it
-    assert update["sgsd/update/window"] == 8
-    assert update["sgsd/update/success_rate"] == pytest.approx(0.5)
-    # 2 successes + 2 failures sampled -> 4 extraction requests (+ merges if anything parsed)
-    assert update["sgsd/update/requests"] >= 4
+    # 2 steps x 8 training rollouts; the 60 validation rollouts after step 1 are not in it
+    assert update["sgsd/update/window"] == 16
+    # real outcomes: the window holds the model's own successes (and failures) on the rulebook
+    assert 0 < update["sgsd/update/success_rate"] < 1
+    # a success and a failure sampled at least -> 2 extraction requests (+ merges if anything parsed)
+    assert update["sgsd/update/requests"] >= 2
     assert update["sgsd/update/request_failures"] == 0  # the rollout server answered every one
     assert update["sgsd/update/failed"] == 0.0
-    # the random model's replies: either parsed into items or counted as parse failures
+    # the policy's replies: either parsed into items or counted as parse failures
     parsed_or_counted = update["sgsd/update/parse_failures"] + update.get("sgsd/update/candidates_general_skills", 0)
     assert parsed_or_counted >= 1
     saved = SkillBank.load(live_run.checkpoint_dir / "global_step_3" / "sgsd" / "bank.json",
                            require_nonempty=True)
     for kind in ("general_skills", "common_mistakes"):  # static items untouched, whatever was written
-        assert [it for it in saved.items(kind) if it.origin != "dynamic"] == list(shipped_bank.items(kind))
+        assert [it for it in saved.items(kind) if it.origin != "dynamic"] == list(rulebook_bank().items(kind))
     latest = live_run.checkpoint_dir / "sgsd_bank" / "bank.json"
     assert SkillBank.load(latest).to_dict() == saved.to_dict()
 

@@ -33,7 +33,7 @@ TOLERANCE = LOGGED_TOLERANCE
 def test_sgsd_runs_logs_finite_sgsd_metrics_and_changes_the_actor(live_run):
     from safetensors.torch import load_file
 
-    steps = live_run.metrics()
+    steps = [s for s in live_run.metrics() if "timing_s/step" in s["data"]]
     assert [s["step"] for s in steps] == [1, 2, 3]
     required = ["helpful_frac", "warning_frac", "over_suppressive_frac", "misleading_frac", "neutral_frac",
                 "support_mean", "gate_loss", "teachers_per_problem", "mask_keep_frac", "teacher_tokens",
@@ -46,11 +46,19 @@ def test_sgsd_runs_logs_finite_sgsd_metrics_and_changes_the_actor(live_run):
         fractions = sum(data[f"sgsd/{k}"] for k in required[:5])
         assert fractions == pytest.approx(1.0, abs=1e-5)
         assert data["sgsd/teachers_per_problem"] == pytest.approx(4.0)  # sgsd.top_k=4, K_x = 4
-        assert data["sgsd/success_rate"] == 0.5  # tests/alternating_reward.py
         assert data["actor/grad_norm"] > 0
         # the support distribution of the step: ordered quantiles within the clip
         q = [data[f"sgsd/support_p{p}"] for p in ("10", "25", "50", "75", "90")]
         assert q == sorted(q) and all(-3.0 <= v <= 3.0 for v in q)
+    # real outcomes (the verifier on the rulebook model's answers): successes and failures over the
+    # run, and every polarity of eq. 13: distilled (helpful, warning), reversed (over-suppressive,
+    # misleading) and ignored (neutral) teachers
+    rates = [step["data"]["sgsd/success_rate"] for step in steps]
+    assert 0 < sum(rates) / len(rates) < 1, rates
+    share = {k: sum(step["data"][f"sgsd/{k}_frac"] for step in steps) for k in required[:5]}
+    assert share["helpful_frac"] + share["warning_frac"] > 0, share
+    assert share["over_suppressive_frac"] + share["misleading_frac"] > 0, share
+    assert share["neutral_frac"] > 0, share
     initial = load_file(live_run.model_dir / "model.safetensors")
     trained = load_file(live_run.checkpoint_dir / "global_step_3" / "actor" / "huggingface" / "model.safetensors")
     assert max((trained[k].float() - initial[k].float()).abs().max().item() for k in initial) > 1e-4
@@ -76,9 +84,10 @@ def test_teacher_log_probs_equal_an_independent_forward_of_teacher_prompt_plus_r
         prompt = torch.tensor(dump["prompt_ids"][j])
         reference = response_log_probs(model, prompt, response, dump["temperature"])
         assert (reference - dump["scored"][j].float()).abs().mean().item() < TOLERANCE
-        # ...and the teacher's context mattered: the student's own prompt gives other numbers
+        # ...and the teacher's context mattered: the student's own prompt gives other numbers (on the
+        # tokens the guidance is about: the rule's words)
         student_view = response_log_probs(model, dump["student_prompts"][owner], response, dump["temperature"])
-        assert (student_view - dump["scored"][j].float()).abs().mean().item() > 4 * TOLERANCE
+        assert (student_view - dump["scored"][j].float()).abs().max().item() > 4 * TOLERANCE
         checked.add((owner, slot))
     assert checked == {(o, k) for o in range(2) for k in range(4)}
 
@@ -94,7 +103,7 @@ def test_the_loss_the_actor_computed_is_the_library_objective_on_the_teacher_pas
             key = tuple(p["responses"][owner].tolist())
             by_response.setdefault(key, {"alpha": p["alpha"][owner]})[slot] = p["scored"][j]
     micro_batches = [torch.load(f) for f in sorted(glob.glob(str(live_run.workdir / "dump" / "loss_*.pt")))]
-    assert len(micro_batches) == 6  # 3 steps x (4 rollouts / micro-batch 2)
+    assert len(micro_batches) == 12  # 3 steps x (8 rollouts / micro-batch 2)
     for mb in micro_batches:
         out = sgsd_objective(mb["student"], mb["teacher"], mb["token_mask"], mb["alpha"], mb["sign"], cfg,
                              response_mask=mb["response_mask"])

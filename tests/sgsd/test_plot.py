@@ -72,7 +72,9 @@ def test_grpo_vs_sgsd_writes_every_panel_as_a_real_png(sgsd_run, grpo_run, tmp_p
     assert not list((tmp_path / "pics").glob(".*.tmp"))  # atomic writes leave no temporary files
     # the GRPO run is left out of the SGSD panels, and each such panel says so; neither run
     # logged a sibling method's metrics, so those panels are not written; nor episodes: no note
-    assert [n.split(":")[0] for n in rendered.notes] == [f"{p}.png" for p in PANELS[1:] if p != "episodes"]
+    # (both validated at two steps at least: both are in learning.png, no note)
+    assert [n.split(":")[0] for n in rendered.notes] == [f"{p}.png" for p in PANELS[1:]
+                                                          if p not in ("episodes", "learning")]
     for note in rendered.notes:
         if note.split(".")[0] in SIBLINGS:
             assert note.startswith(f"{note.split('.')[0]}.png: not written (grpo: no sgsd/* metrics: not an SGSD "
@@ -146,9 +148,9 @@ def test_two_sgsd_runs_side_by_side(sgsd_run):
         fig.canvas.draw()  # renders every text
 
 
-def test_grpo_alone_gets_the_training_picture_only(grpo_run, tmp_path):
+def test_grpo_alone_gets_the_training_and_learning_pictures_only(grpo_run, tmp_path):
     rendered = render([grpo_run], tmp_path)
-    assert rendered.files == (tmp_path / "training.png",)
+    assert rendered.files == (tmp_path / "training.png", tmp_path / "learning.png")
     assert rendered.notes[0] == "polarity.png: not written (grpo: no sgsd/* metrics: not an SGSD run)"
     assert rendered.notes[-1] == "utility.png: not written (grpo: no bank directory: not an SGSD run)"
 
@@ -168,9 +170,30 @@ def test_bank_sizes_come_from_snapshots_when_the_metrics_lack_them(shipped_bank,
     assert "utility.png: not written (m: no item of" in " ".join(notes)  # a fresh bank has no utility yet
 
 
+def test_runs_that_share_a_name_are_seeds_of_one_method_in_the_learning_picture_alone(sgsd_run, grpo_run,
+                                                                                       tmp_path):
+    from dataclasses import replace
+
+    from sgsd.learning import accuracy_curve
+
+    seeds = [replace(sgsd_run, name="SGSD"), replace(sgsd_run, name="SGSD",
+                                                     steps={s: {**d, **({k: v + 0.5 for k, v in d.items()
+                                                                         if k.startswith("val-core/")})}
+                                                            for s, d in sgsd_run.steps.items()})]
+    figures, notes = build_figures([*seeds, replace(grpo_run, name="GRPO")])
+    assert list(figures) == ["learning"] and "seeds of one method" in notes[0]
+    by_step, by_time = figures["learning"].axes
+    mean = next(line for line in by_step.lines if line.get_label() == "SGSD (2 seeds)")
+    expected = [v + 0.25 for _, v in accuracy_curve(sgsd_run)]  # the mean of the two seeds
+    assert list(mean.get_ydata()) == pytest.approx(expected)
+    assert [line.get_label() for line in by_time.lines] == ["SGSD (2 seeds)", "GRPO"]
+    assert len(by_step.collections) == 1  # one band: the method with seeds (min to max)
+    unvalidated = RunData(name="x", metrics_path=tmp_path / "m.jsonl", steps={1: {"timing_s/step": 1.0}})
+    with pytest.raises(PlotError, match=r"runs that share a name \(x\) are seeds of one method"):
+        build_figures([unvalidated, unvalidated])
+
+
 def test_render_refuses_bad_requests(sgsd_run, tmp_path):
-    with pytest.raises(PlotError, match="run names repeat"):
-        build_figures([sgsd_run, sgsd_run])
     with pytest.raises(PlotError, match="no run to plot"):
         build_figures([])
     (tmp_path / "file").write_text("")
@@ -200,13 +223,14 @@ def test_cli_bank_dir_per_run_with_dash_for_the_default(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["{runs}/nope"], "nope: no such run directory or metrics file"),
-    (["{runs}/grpo", "{runs}/grpo"], "run names repeat (grpo, grpo): give each run a --name"),
+    (["{tmp}/one.jsonl", "{tmp}/one.jsonl"], "runs that share a name (one) are seeds of one method"),
     (["{runs}/grpo", "--name", "a", "--name", "b"], "--name given 2 times for 1 runs"),
     (["{runs}/grpo", "--bank-dir", "{tmp}"], "no bank.json or bank.step_NNNNNN.json"),
     (["{tmp}/broken.jsonl"], "broken.jsonl: line 2: invalid JSON at column 1"),
 ])
 def test_cli_plot_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
     (tmp_path / "broken.jsonl").write_text('{"step": 1, "data": {}}\n}\n')
+    (tmp_path / "one.jsonl").write_text('{"step": 1, "data": {"critic/score/mean": 0.5}}\n')
     argv = ["plot", *(a.format(runs=RUNS, tmp=tmp_path) for a in args), "-o", str(tmp_path / "out")]
     assert main(argv) == 2
     captured = capsys.readouterr()

@@ -57,10 +57,13 @@ class CPURun(RunFolder):
     response_length: int = 48
     top_k: int = 4
     train_rows: int = 64
-    model_dir: Path | None = None  # default: <workdir>/tiny_qwen3, built once (build_run_model)
+    val_rows: int | None = None  # validation problems (default: batch_size; rulebook: RULEBOOK_VAL_ROWS)
+    model_dir: Path | None = None  # default: the task's model (run_model; math/sokoban: built once)
     data_dir: Path | None = None  # default: <workdir>/data, written once (write_run_data)
     variant: str | None = None  # a baseline/ablation of recipe.sgsd.variants (sets the estimator too)
-    task: str = "math"  # math (the shipped MATH subset) | sokoban (multi-turn episodes, TASKS)
+    # math (the shipped MATH subset, the random tiny model) | rulebook (the learnable synthetic task
+    # and its pretrained model) | sokoban (multi-turn episodes): TASKS
+    task: str = "math"
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -82,14 +85,18 @@ class CPURun(RunFolder):
         """Tiny model and parquet data, each built once (runs may share both)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.model_dir is None:
-            self.model_dir = build_run_model(self.workdir / "tiny_qwen3")
+            self.model_dir = run_model(self.task, self.workdir)
         if self.data_dir is None:
             self.data_dir = self.workdir / "data"
         if self.task == "sokoban":
             write_episode_data(self.data_dir, self.train_rows, self.batch_size)
             return
-        write_run_data(self.data_dir, self.train_rows, self.batch_size, student_skills=self._student_skills,
-                       top_k=self.top_k)
+        if self.task == "rulebook":
+            write_rulebook_data(self.data_dir, self.train_rows, self.val_rows or RULEBOOK_VAL_ROWS,
+                                student_skills=self._student_skills, top_k=self.top_k)
+            return
+        write_run_data(self.data_dir, self.train_rows, self.val_rows or self.batch_size,
+                       student_skills=self._student_skills, top_k=self.top_k)
 
     def overrides(self) -> list[str]:
         data = self.data_dir or self.workdir / "data"
@@ -109,6 +116,9 @@ class CPURun(RunFolder):
             prompt_length, response_length = 512, max(self.response_length, EPISODE_RESPONSE_LENGTH)
             # the skill files of a file-skill teacher (SDAR, RLSD): the shipped Sokoban ones
             task = [f"sgsd.agent.max_turn_tokens={EPISODE_TURN_TOKENS}", "sgsd.skills.files=sokoban"]
+        elif self.task == "rulebook":  # its own guidance: the bank (right and misleading items), SDAR's files
+            prompt_length = 640 if self._student_skills else 128
+            task = ["sgsd.bank_path=rulebook", "sgsd.skills.files=rulebook"]
         return [
             f"algorithm.adv_estimator={self.estimator}",
             f"data.train_files={train}", f"data.val_files={val}",
@@ -198,21 +208,60 @@ def write_run_data(folder: Path, train_rows: int, val_rows: int, *, student_skil
         write_parquet(to_verl_rows(problems[train_rows: train_rows + val_rows], "math", "test"),
                       folder / "val.parquet")
     if student_skills and not (folder / "train_skills.parquet").exists():  # GRPO+Skill / OPSD+Skill
-        from sgsd.bank import SkillBank
-        from sgsd.retrieval import SentenceTransformerEncoder, SkillRetriever
-        from sgsd.retrieval import DEFAULT_ENCODER
-        from sgsd.verl_data import guidance_source, retrieve_student_guidance
-
-        bank = resolve("qwen3_1.7b", "bank")
-        retriever = SkillRetriever(SentenceTransformerEncoder(), SkillBank.load(bank), top_k=top_k)
-        rows = problems[:train_rows]
-        write_parquet(to_verl_rows(rows, "math", "train", student_guidance=retrieve_student_guidance(rows, retriever),
-                                   guidance_source=guidance_source(bank, DEFAULT_ENCODER, top_k)),
-                      folder / "train_skills.parquet")
+        _write_student_skills(problems[:train_rows], "math", "qwen3_1.7b", top_k, folder / "train_skills.parquet")
     return folder
 
 
-TASKS = ("math", "sokoban")
+TASKS = ("math", "rulebook", "sokoban")
+
+
+def run_model(task: str, workdir: Path) -> Path:
+    """The model a task's CPU runs train: the rulebook's pretrained one (shipped,
+    :mod:`sgsd.task_model`), else the random tiny Qwen3 built in ``workdir`` once."""
+    if task == "rulebook":
+        from sgsd.task_model import shipped_model_dir
+
+        return shipped_model_dir()
+    return build_run_model(workdir / "tiny_qwen3")
+
+
+#: Rulebook validation problems of the CPU runs (10 per operation): 60 sampled answers put the
+#: standard error of an accuracy near 0.5 at 0.065
+RULEBOOK_VAL_ROWS = 60
+
+
+def write_rulebook_data(folder: Path, train_rows: int, val_rows: int = RULEBOOK_VAL_ROWS, *,
+                        student_skills: bool = False, top_k: int = 4, seed: int = 0) -> Path:
+    """``train.parquet`` / ``val.parquet`` of the rulebook task (:mod:`sgsd.rulebook`, problems of
+    its train and validation splits drawn by ``seed``, the operations in turn) and, for the
+    skill-in-the-student variants, ``train_skills.parquet`` with each problem's top-``top_k``
+    pairs from the rulebook bank; files already there are kept."""
+    from sgsd import rulebook
+    from sgsd.verl_data import to_verl_rows, write_parquet
+
+    train = rulebook.problems("train", train_rows, seed=seed)
+    if not (folder / "train.parquet").exists():
+        write_parquet(to_verl_rows(train, rulebook.DATA_SOURCE, "train"), folder / "train.parquet")
+        write_parquet(to_verl_rows(rulebook.problems("val", val_rows, seed=seed), rulebook.DATA_SOURCE, "test"),
+                      folder / "val.parquet")
+    if student_skills and not (folder / "train_skills.parquet").exists():
+        _write_student_skills(train, rulebook.DATA_SOURCE, "rulebook", top_k, folder / "train_skills.parquet")
+    return folder
+
+
+def _write_student_skills(problems, data_source: str, bank_name: str, top_k: int, path: Path) -> None:
+    """GRPO+Skill / OPSD+Skill rows: ``problems`` with their top-``top_k`` pairs of the shipped bank
+    ``bank_name`` in the student prompt (retrieved with the packaged MiniLM)."""
+    from sgsd.bank import SkillBank
+    from sgsd.datasets import resolve
+    from sgsd.retrieval import DEFAULT_ENCODER, SentenceTransformerEncoder, SkillRetriever
+    from sgsd.verl_data import guidance_source, retrieve_student_guidance, to_verl_rows, write_parquet
+
+    bank = resolve(bank_name, "bank")
+    retriever = SkillRetriever(SentenceTransformerEncoder(), SkillBank.load(bank), top_k=top_k)
+    write_parquet(to_verl_rows(problems, data_source, "train", student_guidance=retrieve_student_guidance(problems,
+                                                                                                       retriever),
+                               guidance_source=guidance_source(bank, DEFAULT_ENCODER, top_k)), path)
 # CPU episodes: small levels, few turns (the tiny random model rarely writes a valid move; the
 # run shows the mechanics, and prepare_data's random-policy floor is the bar a real model beats)
 EPISODE_LEVEL = {"size": (6, 6), "boxes": 1, "max_turns": 3}
@@ -262,6 +311,24 @@ DEMO_OVERRIDES = ("sgsd.update.freq=2", "sgsd.update.max_memories=2", "sgsd.upda
                   "sgsd.update.max_completion_chars=600")
 
 
+#: The rulebook demo's scale (and the learning benchmark's, scripts/bench_learning.py): 16 problems
+#: a step, a fresh one each time (the training split is ~12.7k problems)
+RULEBOOK_RUN = {"steps": 12, "batch_size": 16, "train_rows": 2048}
+
+
+def rulebook_validation(steps: int, user: list[str] = ()) -> list[str]:
+    """Validation of a rulebook run: before training and every 2 steps (and at the end), on the
+    RULEBOOK_VAL_ROWS problems, sampled as training samples (temperature 1.1, top-p 0.95), so
+    step 0 is the pretrained model's accuracy and the curve is on the scale the build measured;
+    minus the keys the user set."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in user}
+    wanted = ["trainer.val_before_train=true", f"trainer.test_freq={min(2, steps)}",
+              "actor_rollout_ref.rollout.val_kwargs.do_sample=true",
+              "actor_rollout_ref.rollout.val_kwargs.temperature=1.1",
+              "actor_rollout_ref.rollout.val_kwargs.top_p=0.95"]
+    return [o for o in wanted if o.split("=", 1)[0] not in given]
+
+
 def demo_overrides(user: list[str]) -> list[str]:
     """DEMO_OVERRIDES minus the keys the user set (Hydra refuses a key given twice)."""
     given = {o.split("=", 1)[0].lstrip("+~") for o in user}
@@ -271,12 +338,15 @@ def demo_overrides(user: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=os.environ.get("SGSD_CPU_WORKDIR", "outputs/sgsd_cpu"))
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"training steps (default: rulebook {RULEBOOK_RUN['steps']}, math and sokoban 4)")
     parser.add_argument("--estimator", default="sgsd", help="sgsd (default) or grpo")
     parser.add_argument("--variant", default=None,
                         help="a baseline/ablation by name (python -m recipe.sgsd.variants list); sets the estimator")
-    parser.add_argument("--task", default=os.environ.get("TASK", "math"), choices=TASKS,
-                        help="math (default) or sokoban: multi-turn episodes through verl's agent loop")
+    parser.add_argument("--task", default=os.environ.get("TASK") or "rulebook", choices=TASKS,
+                        help="rulebook (default: the synthetic task its pretrained model learns, sgsd/rulebook.py), "
+                             "math (the shipped MATH subset, random tiny model) or sokoban (multi-turn episodes "
+                             "through verl's agent loop)")
     parser.add_argument("--rollout-n", type=int, default=None,
                         help="rollouts per problem (sgsd 1; grpo and its variants: Skill-SD, SDAR, RLSD 4)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. sgsd.top_k=8")
@@ -291,9 +361,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
         estimator, launcher = variant.estimator, variant.launcher
     n = args.rollout_n or (1 if launcher == "sgsd" else 4)  # the GRPO script's variants keep a group
-    extra = [*demo_overrides(args.overrides), *args.overrides] if launcher == "sgsd" else args.overrides
-    run = CPURun(Path(args.workdir).resolve(), steps=args.steps, estimator=estimator, rollout_n=n, extra=extra,
-                 variant=args.variant, task=args.task)
+    # the bank-update demo on the random model's tasks; a rulebook run keeps the recipe's schedule
+    # (every 25 steps: none in its 12) and shows learning instead
+    demo = launcher == "sgsd" and args.task != "rulebook"
+    extra = [*demo_overrides(args.overrides), *args.overrides] if demo else args.overrides
+    sizes = dict(RULEBOOK_RUN) if args.task == "rulebook" else {"steps": 4}
+    if args.steps is not None:
+        sizes["steps"] = args.steps
+    if args.task == "rulebook":
+        extra = [*rulebook_validation(sizes["steps"], extra), *extra]
+    run = CPURun(Path(args.workdir).resolve(), estimator=estimator, rollout_n=n, extra=extra,
+                 variant=args.variant, task=args.task, **sizes)
     done_steps = run.checkpointed_step()
     finished = settle_previous_run(run)
     if finished is not None:
@@ -324,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[cpu_run] skill bank: {run.checkpoint_dir / 'sgsd_bank' / 'bank.json'}")
     elif (run.checkpoint_dir / "sgsd_skills" / "summaries.json").exists():
         print(f"[cpu_run] trajectory summaries: {run.checkpoint_dir / 'sgsd_skills' / 'summaries.json'}")
+    curve = [(step, validation_accuracy(data)) for step, data in steps.items() if validation_accuracy(data) is not None]
+    if len(curve) >= 2:
+        print(f"[cpu_run] validation accuracy: {curve[0][1]:.3f} at step {curve[0][0]} -> {curve[-1][1]:.3f} at step "
+              f"{curve[-1][0]} ({', '.join(f'{a:.2f}' for _, a in curve)})")
     print(f"[cpu_run] {len(steps)} steps in the metrics file: {run.metrics_file}")
     return 0
 
@@ -363,6 +445,9 @@ def step_line(step: int, data: dict, total: int) -> str:
                  f"helpful/warning/neutral {data.get('sgsd/helpful_frac', 0):.2f}/{data.get('sgsd/warning_frac', 0):.2f}/"
                  f"{data.get('sgsd/neutral_frac', 0):.2f}, teacher pass {data.get('sgsd/teacher_pass_time', 0):.1f} s")
     line += f", step {data.get('timing_s/step', 0):.1f} s"
+    accuracy = validation_accuracy(data)
+    if accuracy is not None:
+        line += f"\n[cpu_run]   validation accuracy {accuracy:.3f}"
     if "sgsd/update/window" in data:
         line += (f"\n[cpu_run]   bank update: window {int(data['sgsd/update/window'])} rollouts, "
                  f"{int(data.get('sgsd/update/requests', 0))} writer requests, "
@@ -371,9 +456,17 @@ def step_line(step: int, data: dict, total: int) -> str:
     return line
 
 
+def validation_accuracy(data: dict) -> float | None:
+    """The step's validation accuracy (verl's ``val-core/<source>/acc/mean@N``), if it validated."""
+    for key, value in data.items():
+        if key.startswith("val-core/") and "/acc/mean@" in key:
+            return float(value)
+    return None
+
+
 def follow(run: CPURun, process: subprocess.Popen, first_step: int = 1, interval: float = 0.5) -> int:
     """Print each step as verl logs it, until the trainer exits; its exit code."""
-    shown = first_step - 1
+    shown = first_step - 1 if first_step > 1 else -1  # -1: step 0's validation not shown yet
     while True:
         finished = process.poll() is not None
         if run.metrics_file.exists():
@@ -382,6 +475,10 @@ def follow(run: CPURun, process: subprocess.Popen, first_step: int = 1, interval
             except ValueError:  # a line being written
                 steps = {}
             for step, data in steps.items():
+                if step == 0 and shown == -1 and validation_accuracy(data) is not None:  # val_before_train
+                    print(f"[cpu_run] step 0: validation accuracy {validation_accuracy(data):.3f} (before "
+                          "training)", flush=True)
+                    shown = 0
                 if step > shown and "timing_s/step" in data:
                     print(step_line(step, data, run.steps), flush=True)
                     shown = step

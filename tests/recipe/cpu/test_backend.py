@@ -116,9 +116,9 @@ print(json.dumps({
 
 
 @pytest.mark.slow
-def test_grpo_two_steps_on_cpu_through_verl_main_ppo(tmp_path, run_model_dir, run_data_dir):
+def test_grpo_two_steps_on_cpu_through_verl_main_ppo(tmp_path, rulebook_model_dir, rulebook_data_dir):
     """verl's own entry point and trainer with nothing of the recipe but the CPU backend, on
-    the session's shared tiny model and data."""
+    the session's rulebook model and data (real outcomes)."""
     from safetensors.torch import load_file
 
     from recipe.sgsd.cpu.backend import gpu_present
@@ -126,19 +126,18 @@ def test_grpo_two_steps_on_cpu_through_verl_main_ppo(tmp_path, run_model_dir, ru
 
     if gpu_present():
         pytest.skip("the CPU backend stays off on GPU machines")
-    train, metrics_file, ckpt = run_data_dir / "train.parquet", tmp_path / "metrics.jsonl", tmp_path / "ckpt"
+    train, metrics_file, ckpt = rulebook_data_dir / "train.parquet", tmp_path / "metrics.jsonl", tmp_path / "ckpt"
     overrides = [
         f"data.train_files={train}", f"data.val_files={train}",
-        "data.train_batch_size=4", "data.max_prompt_length=256", "data.max_response_length=32",
-        f"actor_rollout_ref.model.path={run_model_dir}",
-        "actor_rollout_ref.rollout.n=2",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
-        # A random model never writes \boxed{}: every reward is 0 and GRPO's advantages
-        # vanish. The entropy bonus keeps a real gradient flowing through the actor loss;
-        # the large learning rate makes a missed weight sync show in the metrics below.
-        "actor_rollout_ref.actor.entropy_coeff=0.01",
+        "data.train_batch_size=8", "data.max_prompt_length=128", "data.max_response_length=48",
+        f"actor_rollout_ref.model.path={rulebook_model_dir}",
+        "actor_rollout_ref.rollout.n=4", "actor_rollout_ref.rollout.temperature=1.1",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
+        # the rulebook model (sgsd/task_model.py) is right on some samples of a problem and wrong
+        # on others: real rewards, non-zero group advantages; the large learning rate makes a
+        # missed weight sync show in the metrics below
         "actor_rollout_ref.actor.optim.lr=2e-2",
         "actor_rollout_ref.actor.use_kl_loss=false",
         "algorithm.adv_estimator=grpo", "algorithm.use_kl_in_reward=false",
@@ -166,11 +165,14 @@ def test_grpo_two_steps_on_cpu_through_verl_main_ppo(tmp_path, run_model_dir, ru
         assert metrics["actor/grad_norm"] > 0
         assert metrics["response_length/mean"] > 0
         assert metrics["critic/score/mean"] >= 0  # the verifier graded every sample
+    # real outcomes: some rollouts right, some wrong, so GRPO's group advantages are not all zero
+    assert 0 < records[0]["data"]["critic/score/mean"] < 1
+    assert all(r["data"]["critic/advantages/max"] > 0 > r["data"]["critic/advantages/min"] for r in records)
     # Step 2 sampled after step 1's update: rollout (hf server) and actor log-probs agree
     # only if the updated weights reached the server (|kl| is ~0.03 when they do not).
     assert abs(records[1]["data"]["rollout_corr/kl"]) < 0.01
 
-    initial = load_file(Path(run_model_dir) / "model.safetensors")
+    initial = load_file(Path(rulebook_model_dir) / "model.safetensors")
     trained = load_file(ckpt / "global_step_2" / "actor" / "huggingface" / "model.safetensors")
     assert trained.keys() == initial.keys()
     assert max((trained[k].float() - initial[k].float()).abs().max().item() for k in initial) > 1e-3

@@ -47,8 +47,10 @@ def test_the_console_shows_one_line_per_step_and_the_bank_update(live_run, capsy
     steps = [line for line in lines if line.startswith("[cpu_run] step ")]
     assert [line.split(":")[0] for line in steps] == [f"[cpu_run] step {s}/3" for s in (1, 2, 3)]
     assert all("sgsd/loss" in line and "4 teachers" in line for line in steps)
-    updates = [line for line in lines if "bank update: window 8 rollouts" in line]
-    assert len(updates) == 1  # at step 2 (sgsd.update.freq=2), its 8 training rollouts
+    updates = [line for line in lines if "bank update: window 16 rollouts" in line]
+    assert len(updates) == 1  # at step 2 (sgsd.update.freq=2), its 16 training rollouts
+    accuracies = [line for line in lines if line.startswith("[cpu_run]   validation accuracy ")]
+    assert len(accuracies) == 3  # trainer.test_freq=1: after every step
     # resuming after step 2 shows only what is new
     assert cpu_run.follow(live_run, finished, first_step=3, interval=0) == 0
     assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if "step " in line[:16]] == [
