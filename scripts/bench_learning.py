@@ -69,15 +69,14 @@ def scale_note(steps: int, batch: int, train_rows: int) -> str:
 
 
 def run_for(method: Method, seed: int, out: Path, data_dir: Path, steps: int, batch: int, train_rows: int):
-    from recipe.sgsd.cpu.run import CPURun, rulebook_validation
+    from recipe.sgsd.cpu.run import rulebook_method_run
 
-    return CPURun(out / "runs" / method.key / f"seed{seed}", steps=steps, batch_size=batch, train_rows=train_rows,
-                  rollout_n=method.rollouts, variant=method.key, task="rulebook", data_dir=data_dir,
-                  extra=[*rulebook_validation(steps), f"actor_rollout_ref.rollout.seed={seed}"])
+    return rulebook_method_run(out / "runs" / method.key / f"seed{seed}", method.key, method.rollouts, seed, data_dir,
+                               steps=steps, batch_size=batch, train_rows=train_rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recipe.sgsd.cpu.run import RULEBOOK_RUN, RULEBOOK_VAL_ROWS, write_rulebook_data
+    from recipe.sgsd.cpu.run import BENCH_TRAIN_ROWS, RULEBOOK_RUN, RULEBOOK_VAL_ROWS, write_rulebook_data
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default=",".join(m.key for m in METHODS),
@@ -86,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problem-seed", type=int, default=0, help="draws the problems (default 0)")
     parser.add_argument("--steps", type=int, default=RULEBOOK_RUN["steps"])
     parser.add_argument("--batch-size", type=int, default=RULEBOOK_RUN["batch_size"], help="problems a step")
-    parser.add_argument("--train-rows", type=int, default=96,
-                        help="the training pool (default 96: each problem comes back every 6 steps, so Skill-SD's "
-                             "same-problem summaries have a problem to return to)")
+    parser.add_argument("--train-rows", type=int, default=BENCH_TRAIN_ROWS,
+                        help="the training pool (default %(default)s: each problem comes back every 6 steps, so "
+                             "Skill-SD's same-problem summaries have a problem to return to)")
     parser.add_argument("--out", type=Path, default=_REPO_ROOT / "outputs" / "bench_learning")
     args = parser.parse_args(argv)
     chosen = [m.strip() for m in args.methods.split(",") if m.strip()]

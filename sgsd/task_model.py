@@ -352,11 +352,13 @@ def _generate(model, tokenizer, prompts: Sequence[str], *, temperature: float, t
 
 
 def measure(model, tokenizer, problems: Sequence[Problem], *, temperature: float = 1.1, top_p: float = 0.95,
-            max_new_tokens: int = 48, seed: int = 0) -> dict[str, Any]:
+            max_new_tokens: int = 48, seed: int = 0,
+            prompts: Sequence[str] = ("plain", "right", "misleading")) -> dict[str, Any]:
     """Accuracy on ``problems`` (graded by :func:`sgsd.verifier.grade`) in three prompts, sampled at
     ``temperature``/``top_p`` (the CPU runs' training sampling): ``plain`` (the student prompt,
     thinking off), ``right`` and ``misleading`` (SGSD's teacher prompt with the family's right, or
-    misleading, skill and mistake; thinking on, the teacher's default). Also per family."""
+    misleading, skill and mistake; thinking on, the teacher's default), or those of ``prompts``.
+    Also per family."""
     from sgsd.prompts import ChatFormat, apply_chat, student_prompt, teacher_prompt
     from sgsd.verifier import grade
 
@@ -364,16 +366,18 @@ def measure(model, tokenizer, problems: Sequence[Problem], *, temperature: float
     skills = {s.skill_id: s for s in bank.general_skills}
     mistakes = {m.mistake_id: m for m in bank.common_mistakes}
     student, teacher = ChatFormat(enable_thinking=False), ChatFormat(enable_thinking=True)
-    prompts: dict[str, list[str]] = {"plain": [], "right": [], "misleading": []}
+    rendered: dict[str, list[str]] = {which: [] for which in prompts}
     for p in problems:
         name = rulebook.family_of(p.problem).name
-        prompts["plain"].append(apply_chat(tokenizer, student_prompt(p.problem), student))
-        for which in ("right", "misleading"):
+        for which in prompts:
+            if which == "plain":
+                rendered[which].append(apply_chat(tokenizer, student_prompt(p.problem), student))
+                continue
             pair = teacher_prompt(p.problem, skills[f"skill_{name}_{which}"], mistakes[f"mistake_{name}_{which}"])
-            prompts[which].append(apply_chat(tokenizer, pair, teacher))
+            rendered[which].append(apply_chat(tokenizer, pair, teacher))
     result: dict[str, Any] = {"problems": len(problems), "temperature": temperature, "top_p": top_p}
     per_family: dict[str, dict[str, float]] = {}
-    for which, texts in prompts.items():
+    for which, texts in rendered.items():
         replies = _generate(model, tokenizer, texts, temperature=temperature, top_p=top_p,
                             max_new_tokens=max_new_tokens, seed=seed)
         correct = [grade(r, p.answer).correct for r, p in zip(replies, problems)]

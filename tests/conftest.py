@@ -108,10 +108,20 @@ def rulebook_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def rulebook_data_dir(tmp_path_factory) -> Path:
-    """Rulebook parquet files (train.parquet: 64 problems, val.parquet: the CPU runs' 60)."""
-    from recipe.sgsd.cpu.run import write_rulebook_data
+    """Rulebook parquet files, the learning benchmark's (problem seed 0): train.parquet (96
+    problems), val.parquet (the CPU runs' 60 validation problems)."""
+    from recipe.sgsd.cpu.run import BENCH_TRAIN_ROWS, write_rulebook_data
 
-    return write_rulebook_data(tmp_path_factory.mktemp("rulebook_data"), train_rows=64)
+    return write_rulebook_data(tmp_path_factory.mktemp("rulebook_data"), train_rows=BENCH_TRAIN_ROWS)
+
+
+# The learning tests' launches (tests/recipe/test_learning_e2e.py): SGSD and GRPO as the learning
+# benchmark runs them (seed 0), for its first LEARNING_STEPS steps
+@pytest.fixture(scope="session")
+def learning_runs(tmp_path_factory, rulebook_data_dir):
+    from tests import launches
+
+    return launches.learning_runs(tmp_path_factory.mktemp("learning"), rulebook_data_dir)
 
 
 # The default tier's real verl launches (tests/launches.py): each runs once per session,

@@ -11,6 +11,9 @@ launch                    what it runs (tiny local Qwen3 and the shipped MATH ro
                           checkpoint has no hf_model copy (``sgsd eval --verl-checkpoint`` merges it)
 ``evolution_runs``        SGSD, frozen teacher = a separate reference model, a one-pair bank that an
                           OpenAI-compatible writer grows every 2 steps: 4 steps, then a resume to 6
+``learning_runs``         SGSD (n = 1) and GRPO (n = 4) on the rulebook as the learning benchmark
+                          runs them (seed 0), 4 steps, validation every 2 (test_learning_e2e.py),
+                          launched side by side
 ``moving_teacher_run``    SGSD, EMA teacher (decay 0.5) in the reference model, 2 steps, a checkpoint
                           after each; ``--all`` adds its resume to 3 steps and a periodic LoRA teacher
 GRPO                      verl's own ``verl.trainer.main_ppo`` with only the CPU backend
@@ -76,6 +79,31 @@ def live_run(workdir: Path, model_dir: Path, data_dir: Path) -> CPURun:
         "trainer.test_freq=1",  # validation passes: their rollouts must not enter the bank's window
         "actor_rollout_ref.actor.optim.lr_scheduler_type=linear",  # the GPU scripts' schedule (lr_schedule.py)
     ]))
+
+
+# The learning tests (tests/recipe/test_learning_e2e.py): the benchmark's configuration for its seed 0
+# (scripts/bench_learning.py, recipe.sgsd.cpu.run.rulebook_method_run), its first 4 steps
+LEARNING_STEPS = 4
+LEARNING_METHODS = {"sgsd": 1, "grpo": 4}  # variant -> rollouts per problem, as the benchmark runs them
+
+
+def learning_runs(workdir: Path, data_dir: Path) -> dict[str, CPURun]:
+    """SGSD and GRPO launched side by side (their start-ups overlap on the 2 cores), both awaited."""
+    from recipe.sgsd.cpu.run import rulebook_method_run
+
+    skip_on_gpu()
+    runs = {name: rulebook_method_run(workdir / name, name, n, 0, data_dir, steps=LEARNING_STEPS)
+            for name, n in LEARNING_METHODS.items()}
+    logs, processes = {}, {}
+    for name, run in runs.items():
+        run.workdir.mkdir(parents=True)
+        logs[name] = open(run.workdir / "train.log", "wb")
+        processes[name] = run.start(logs[name])
+    for name, process in processes.items():
+        code = process.wait(timeout=1500)
+        logs[name].close()
+        assert code == 0, (runs[name].workdir / "train.log").read_text()[-5000:]
+    return runs
 
 
 FROZEN_LORA_TOPK = 8

@@ -55,7 +55,7 @@ def test_sgsd_runs_logs_finite_sgsd_metrics_and_changes_the_actor(live_run):
     # misleading) and ignored (neutral) teachers
     rates = [step["data"]["sgsd/success_rate"] for step in steps]
     assert 0 < sum(rates) / len(rates) < 1, rates
-    share = {k: sum(step["data"][f"sgsd/{k}_frac"] for step in steps) for k in required[:5]}
+    share = {k: sum(step["data"][f"sgsd/{k}"] for step in steps) for k in required[:5]}
     assert share["helpful_frac"] + share["warning_frac"] > 0, share
     assert share["over_suppressive_frac"] + share["misleading_frac"] > 0, share
     assert share["neutral_frac"] > 0, share
@@ -76,7 +76,7 @@ def test_teacher_log_probs_equal_an_independent_forward_of_teacher_prompt_plus_r
     """Step 1 scores with the initial weights, so a fresh transformers model must agree."""
     dump = _dump(live_run, 1)
     model = load_model(live_run.model_dir)
-    checked = set()
+    checked, moved = set(), {}
     for j, (owner, slot) in enumerate(zip(dump["owner"], dump["slot"])):
         if owner >= 2:  # a few rollouts, all their K teachers
             continue
@@ -84,12 +84,15 @@ def test_teacher_log_probs_equal_an_independent_forward_of_teacher_prompt_plus_r
         prompt = torch.tensor(dump["prompt_ids"][j])
         reference = response_log_probs(model, prompt, response, dump["temperature"])
         assert (reference - dump["scored"][j].float()).abs().mean().item() < TOLERANCE
-        # ...and the teacher's context mattered: the student's own prompt gives other numbers (on the
-        # tokens the guidance is about: the rule's words)
         student_view = response_log_probs(model, dump["student_prompts"][owner], response, dump["temperature"])
-        assert (student_view - dump["scored"][j].float()).abs().max().item() > 4 * TOLERANCE
+        gap = (student_view - dump["scored"][j].float()).abs().max().item()
+        moved[owner] = max(moved.get(owner, 0.0), gap)
         checked.add((owner, slot))
     assert checked == {(o, k) for o in range(2) for k in range(4)}
+    # ...and the teachers' context mattered: the student's own prompt gives other numbers, on the
+    # tokens the guidance is about (the rule's words), for the teachers shown the problem's own
+    # operation (those shown another operation's items score like the student: the model's prior)
+    assert all(gap > 4 * TOLERANCE for gap in moved.values()), moved
 
 
 def test_the_loss_the_actor_computed_is_the_library_objective_on_the_teacher_pass_tensors(live_run):
@@ -189,3 +192,44 @@ def test_the_frozen_lora_teacher_hands_the_loss_its_top_k_distribution(frozen_lo
                              divergence=mb["divergence"])
         expected = out.loss.sum() / mb["global_batch_size"] * mb["dp_size"]
         assert mb["loss"].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+
+
+def test_teachers_with_the_right_rule_answer_better_than_the_student_and_misleading_ones_worse(live_run):
+    """Teacher accuracy on real outcomes: the contexts the trainer retrieved at step 1 (the rulebook
+    bank's right and misleading items), each sampled 8 times from the initial model at the training
+    temperature and graded like the student's own prompts. The verifier's rewards the trainer logged
+    are what the project's grader gives those responses."""
+    from transformers import AutoTokenizer
+
+    from sgsd import rulebook
+    from sgsd.task_model import _generate
+    from sgsd.verifier import grade
+
+    dump = _dump(live_run, 1)
+    model, tokenizer = load_model(live_run.model_dir), AutoTokenizer.from_pretrained(live_run.model_dir)
+    answers = [rulebook.answer_of(rulebook.family_of(p).name, p.rsplit(" ", 1)[1].rstrip("?")) for p in
+               dump["problems"]]
+    for response, answer, reward in zip(dump["responses"], answers, dump["rewards"].tolist()):
+        assert float(grade(tokenizer.decode(response, skip_special_tokens=True), answer).correct) == reward
+
+    def accuracy(prompts: list[list[int]], owners: list[int]) -> float:
+        texts = [tokenizer.decode(p) for p in prompts for _ in range(8)]
+        replies = _generate(model, tokenizer, texts, temperature=1.1, top_p=0.95, max_new_tokens=48, seed=0)
+        return sum(grade(r, answers[o]).correct for r, o in zip(replies, (o for o in owners for _ in range(8)))) / len(
+            replies)
+
+    groups = {"right": ([], []), "misleading": ([], [])}
+    for prompt, owner in zip(dump["prompt_ids"], dump["owner"]):
+        family = rulebook.family_of(dump["problems"][owner])
+        guidance = tokenizer.decode(prompt).split("Problem: ")[0]
+        at = guidance.find(f"{family.name} means: ")
+        stated = rulebook.rule_used(guidance[at:], family.name) if at >= 0 else None
+        which = "right" if stated == family.rule else "misleading" if stated is not None else None
+        if which:
+            groups[which][0].append(prompt)
+            groups[which][1].append(owner)
+    assert all(groups[k][0] for k in groups), {k: len(v[0]) for k, v in groups.items()}  # both were retrieved
+    student = accuracy([p.tolist() for p in dump["student_prompts"]], list(range(len(dump["problems"]))))
+    right, misleading = accuracy(*groups["right"]), accuracy(*groups["misleading"])
+    assert right >= student + 0.2, (right, student)
+    assert misleading < student, (misleading, student)

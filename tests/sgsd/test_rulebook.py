@@ -91,3 +91,50 @@ def test_the_packaged_encoder_retrieves_each_familys_items_first(encoder):
         top = found.teachers[:2]
         assert {t.skill.skill_id for t in top} == {f"skill_{name}_right", f"skill_{name}_misleading"}
         assert {t.mistake.mistake_id for t in top} == {f"mistake_{name}_right", f"mistake_{name}_misleading"}
+
+
+def _prepare_data():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("sgsd_prepare_data_rulebook", root / "scripts" / "prepare_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prepare_data_writes_the_three_rulebook_splits_as_verl_rows(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from sgsd.verl_data import to_verl_rows
+
+    cli = _prepare_data()
+    assert cli.main(["--dataset", "rulebook", "--output-dir", str(tmp_path), "--train-count", "30",
+                     "--val-count", "12", "--test-count", "18", "--seed", "2"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"rulebook_{s}.parquet" for s in ("test", "train", "val")]
+    for split, count in (("train", 30), ("val", 12), ("test", 18)):
+        rows = pq.read_table(tmp_path / f"rulebook_{split}.parquet").to_pylist()
+        assert rows == to_verl_rows(rulebook.problems(split, count, seed=2), "rulebook",
+                                    "train" if split == "train" else "test")
+        assert all(r["extra_info"]["solution"] and r["reward_model"]["ground_truth"] for r in rows)
+    out = capsys.readouterr().out
+    assert "wrote 30 rows (rulebook, train)" in out and "zorp 5" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "rulebook", "--shuffle"], "takes no --shuffle"),
+    (["--dataset", "rulebook", "--boxes", "2"], "takes no --boxes"),
+    (["--dataset", "rulebook", "--val-count", "0"], "--val-count must be >= 1"),
+    (["--dataset", "aime24", "--val-count", "3"], "--val-count goes with --dataset rulebook only"),
+])
+def test_prepare_data_rulebook_argument_mistakes_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _prepare_data().main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_prepare_data_refuses_more_problems_than_a_split_holds(tmp_path, capsys):
+    assert _prepare_data().main(["--dataset", "rulebook", "--output-dir", str(tmp_path),
+                                 "--val-count", "100000"]) == 2
+    assert "the val split holds" in capsys.readouterr().err and list(tmp_path.iterdir()) == []

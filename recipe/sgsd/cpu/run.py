@@ -329,6 +329,23 @@ def rulebook_validation(steps: int, user: list[str] = ()) -> list[str]:
     return [o for o in wanted if o.split("=", 1)[0] not in given]
 
 
+#: The learning benchmark's training pool (scripts/bench_learning.py) and the learning tests': 96
+#: problems, each back every 6 steps at 16 a step (Skill-SD's same-problem summaries get a problem to
+#: return to)
+BENCH_TRAIN_ROWS = 96
+
+
+def rulebook_method_run(workdir: Path, variant: str, rollout_n: int, seed: int, data_dir: Path, *,
+                        steps: int = RULEBOOK_RUN["steps"], batch_size: int = RULEBOOK_RUN["batch_size"],
+                        train_rows: int = BENCH_TRAIN_ROWS) -> CPURun:
+    """One method of the learning comparison (``variant`` of recipe.sgsd.variants) on the rulebook,
+    as the benchmark and the learning tests run it: rollout seed ``seed``, sampled validation before
+    training and every 2 steps, ``data_dir`` written by :func:`write_rulebook_data`."""
+    return CPURun(workdir, steps=steps, batch_size=batch_size, train_rows=train_rows, rollout_n=rollout_n,
+                  variant=variant, task="rulebook", data_dir=data_dir,
+                  extra=[*rulebook_validation(steps), f"actor_rollout_ref.rollout.seed={seed}"])
+
+
 def demo_overrides(user: list[str]) -> list[str]:
     """DEMO_OVERRIDES minus the keys the user set (Hydra refuses a key given twice)."""
     given = {o.split("=", 1)[0].lstrip("+~") for o in user}

@@ -228,6 +228,8 @@ def test_the_8b_grpo_script_trains_one_step_on_two_cpu_ranks(grpo_8b_simulation)
 
 
 @pytest.mark.slow
+@pytest.mark.sweep  # --all only since the learning tests joined the default tier; in the default tier
+# test_the_pre_fix_geometry_is_refused_before_anything_starts checks the same geometry in process
 def test_on_the_pre_fix_geometry_verl_itself_asserts_at_the_first_log_prob_pass(tmp_path, run_model_dir,
                                                                                  run_data_dir):
     """The simulation can catch defect 1: with main_sgsd's check off, verl's own assertion."""
