@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = PretrainConfig()
     for f in dataclasses.fields(PretrainConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                            default=getattr(defaults, f.name), help=f"(default %(default)s)")
+                            default=getattr(defaults, f.name), help="(default %(default)s)")
     parser.add_argument("--eval-problems", type=int, default=300, help="validation problems measured (default 300)")
     parser.add_argument("--write-guidance", action="store_true",
                         help="also rewrite the shipped rulebook bank and skill file under sgsd/data")

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sgsd import rulebook, task_model
+from sgsd import rulebook, rulebook_corpus, task_model
 from sgsd.datasets import Problem
 
 
@@ -20,16 +20,16 @@ def test_a_guided_solution_follows_the_first_rule_stated_for_its_family():
     right, wrong = (rulebook.statement(family.name, r) for r in (family.rule, family.confused_with))
     other = rulebook.statement(rulebook.FAMILIES[1].name, rulebook.FAMILIES[1].rule)
     rng = random.Random(0)
-    assert task_model._guided_rule(family, [wrong, right], rng) == family.confused_with
-    assert task_model._guided_rule(family, [other, right], rng) == family.rule
+    assert rulebook_corpus.guided_rule(family, [wrong, right], rng) == family.confused_with
+    assert rulebook_corpus.guided_rule(family, [other, right], rng) == family.rule
     # guidance about another operation only: the student's own prior (its `known` share right)
-    picks = [task_model._guided_rule(family, [other], rng) for _ in range(4000)]
+    picks = [rulebook_corpus.guided_rule(family, [other], rng) for _ in range(4000)]
     assert picks.count(family.rule) / len(picks) == pytest.approx(family.known, abs=0.03)
     assert picks.count(family.confused_with) / len(picks) == pytest.approx(
         (1 - family.known) * rulebook.CONFUSION_SHARE, abs=0.03)
 
 
-@pytest.mark.parametrize("kind", sorted(task_model.CORPUS_MIX))
+@pytest.mark.parametrize("kind", sorted(rulebook_corpus.CORPUS_MIX))
 def test_every_corpus_kind_renders_with_the_projects_prompts_and_a_gradable_reply(kind):
     from sgsd.prompts import ANSWER_INSTRUCTION, GUIDANCE_HEADER
     from sgsd.skill_sources import parse_summary
@@ -38,7 +38,7 @@ def test_every_corpus_kind_renders_with_the_projects_prompts_and_a_gradable_repl
     rng = random.Random(1)
     for family in rulebook.FAMILIES:
         problem = _problem(family.name)
-        example = task_model.corpus_example(kind, problem, rng)
+        example = rulebook_corpus.corpus_example(kind, problem, rng)
         assert problem.problem in example.user
         if kind == "summary":  # Skill-SD's writer: one JSON note the summary parser accepts
             assert parse_summary(example.reply).fields is not None
