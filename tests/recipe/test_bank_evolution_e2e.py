@@ -106,10 +106,11 @@ def test_sgsd_plot_draws_the_evolved_run(evolution_runs, tmp_path):
     run = load_run(second.workdir)
     assert [s.step for s in run.snapshots] == [2, 4, 6, None]
     rendered = render([run], tmp_path)
-    # the sibling methods' panels and the episodes panel: a math SGSD run logs neither
-    sgsd_panels = tuple(p for p in PANELS if p not in ("skill_sd", "sdar", "rlsd", "episodes"))
+    # the sibling methods' panels and the episodes panel: a math SGSD run logs neither; nor
+    # learning curves: this run never validates
+    sgsd_panels = tuple(p for p in PANELS if p not in ("skill_sd", "sdar", "rlsd", "episodes", "learning"))
     assert rendered.files == tuple(tmp_path / f"{p}.png" for p in sgsd_panels)
-    assert [n.split(":")[0] for n in rendered.notes] == ["skill_sd.png", "sdar.png", "rlsd.png"]
+    assert [n.split(":")[0] for n in rendered.notes] == ["skill_sd.png", "sdar.png", "rlsd.png", "learning.png"]
     assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 15_000 for f in rendered.files)
     figures, _ = build_figures([run])
     general, _ = figures["bank"].axes

@@ -262,6 +262,8 @@ def _write_student_skills(problems, data_source: str, bank_name: str, top_k: int
     write_parquet(to_verl_rows(problems, data_source, "train", student_guidance=retrieve_student_guidance(problems,
                                                                                                        retriever),
                                guidance_source=guidance_source(bank, DEFAULT_ENCODER, top_k)), path)
+
+
 # CPU episodes: small levels, few turns (the tiny random model rarely writes a valid move; the
 # run shows the mechanics, and prepare_data's random-policy floor is the bar a real model beats)
 EPISODE_LEVEL = {"size": (6, 6), "boxes": 1, "max_turns": 3}
@@ -311,8 +313,9 @@ DEMO_OVERRIDES = ("sgsd.update.freq=2", "sgsd.update.max_memories=2", "sgsd.upda
                   "sgsd.update.max_completion_chars=600")
 
 
-#: The rulebook demo's scale (and the learning benchmark's, scripts/bench_learning.py): 16 problems
-#: a step, a fresh one each time (the training split is ~12.7k problems)
+#: The rulebook demo's scale: 16 problems a step, a fresh one each time (the training split holds
+#: ~12.7k). The learning benchmark (scripts/bench_learning.py) takes its steps and batch, and draws
+#: from a smaller pool (BENCH_TRAIN_ROWS)
 RULEBOOK_RUN = {"steps": 12, "batch_size": 16, "train_rows": 2048}
 
 
