@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = out / f"data_p{args.problem_seed}"
     write_rulebook_data(data_dir, args.train_rows, RULEBOOK_VAL_ROWS, student_skills=True, seed=args.problem_seed)
 
+    from recipe.sgsd.cpu.run import settle_previous_run
     from sgsd.learning import markdown_table, summarise
     from sgsd.run_metrics import load_run
 
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench] {method.label}, seed {seed}: finished earlier, read from {run.workdir}", flush=True)
             else:
                 start = time.perf_counter()
+                settle_previous_run(run)  # an interrupted run's metrics, no checkpoint: moved aside, not mixed in
                 print(f"[bench] {method.label}, seed {seed}: training {args.steps} steps ({run.workdir})", flush=True)
                 run.workdir.mkdir(parents=True, exist_ok=True)
                 with open(run.workdir / "train.log", "ab") as log:
