@@ -250,8 +250,7 @@ def write_rulebook(args: argparse.Namespace) -> None:
     data_source = args.data_source or RULEBOOK
     folder = (args.output_dir or DEFAULT_DIR).expanduser()
     seed = 0 if args.seed is None else args.seed
-    drawn = {split: rulebook.problems(split, getattr(args, f"{'test' if split == 'test' else split}_count"), seed=seed)
-             for split in rulebook.SPLITS}
+    drawn = {split: rulebook.problems(split, getattr(args, f"{split}_count"), seed=seed) for split in rulebook.SPLITS}
     files = {split: to_verl_rows(problems, data_source, "train" if split == "train" else "test")
              for split, problems in drawn.items()}
     if args.student_skills:
@@ -269,16 +268,10 @@ def write_rulebook(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.dataset == RULEBOOK:
+    generated = {RULEBOOK: write_rulebook, SOKOBAN: write_sokoban}.get(args.dataset)
+    if generated is not None:  # the generated sets write their own split files
         try:
-            write_rulebook(args)
-        except (ImportError, ValueError, OSError) as exc:
-            print(f"prepare_data.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
-            return 2
-        return 0
-    if args.dataset == SOKOBAN:
-        try:
-            write_sokoban(args)
+            generated(args)
         except (ImportError, ValueError, OSError) as exc:
             print(f"prepare_data.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
             return 2

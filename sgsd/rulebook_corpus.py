@@ -10,6 +10,7 @@ problem's operation, else that prior.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Sequence
@@ -61,10 +62,16 @@ def guided_rule(family: rulebook.Family, texts: Sequence[str], rng: random.Rando
     return prior_rule(family, rng)
 
 
+@functools.cache
+def _bank():
+    """The rulebook bank, built (and validated) once for the whole corpus, not once an example."""
+    return rulebook.rulebook_bank()
+
+
 def _items(family: rulebook.Family, rng: random.Random, count: int) -> tuple[list[GeneralSkill], list[CommonMistake]]:
     """``count`` skills and ``count`` mistakes as retrieval would bring them: the family's own
     (right or misleading) first more often than not, other families' items mixed in."""
-    bank = rulebook.rulebook_bank()
+    bank = _bank()
     own_s = [s for s in bank.general_skills if f"_{family.name}_" in s.skill_id]
     own_m = [m for m in bank.common_mistakes if f"_{family.name}_" in m.mistake_id]
     other_s = [s for s in bank.general_skills if f"_{family.name}_" not in s.skill_id]

@@ -69,6 +69,7 @@ def shipped_model_dir() -> Path:
                                 f"python scripts/build_task_model.py --output {path}")
     return path
 
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """The model's size and the pretraining's budget (the defaults are what is shipped)."""
